@@ -1,0 +1,229 @@
+// Fused CPU kernels of the contractive encoder.
+//
+// Forward:  row norms ‖W_j‖² in one pass over W, z = addmm(b, x, Wᵀ) through
+//           ATen (MKL/oneDNN), then ONE pass over z that overwrites it with h
+//           and sums the per-sample penalty Σ_j φ'(z_bj)² ‖W_j‖².
+// Backward: ONE pass over h computing dz (the only B×H temporary) together
+//           with the per-unit sums Σ_b dz (grad_bias) and Σ_b g_p φ'²
+//           (row_scale), then dx = dz W and dW = diag(row_scale) W + dzᵀ x.
+//
+// Loops are written for the auto-vectorizer (branch-free math from
+// cae_math.h, `omp simd` reductions) and compiled in several ISA clones
+// (GCC target_clones) that the loader picks for the running CPU.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "fastcae/cae_math.h"
+#include "fastcae/encode.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTCAE_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTCAE_CPU_CLONES
+#endif
+
+namespace fastcae {
+namespace {
+
+// Work per parallel task: enough elements that scheduling cost is negligible.
+constexpr int64_t kElementsPerTask = 32768;
+
+int64_t rows_per_task(int64_t cols) {
+  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(cols, 1));
+}
+
+// ‖w‖² of one contiguous row, accumulated in acc_t.
+template <typename scalar_t, typename acc_t>
+FASTCAE_CPU_CLONES acc_t row_norm_sq(const scalar_t* row, int64_t cols) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < cols; ++k) {
+    const acc_t w = static_cast<acc_t>(row[k]);
+    sum += w * w;
+  }
+  return sum;
+}
+
+// Overwrites one row of z with h = φ(z) and returns Σ_j φ'(z_j)² ‖W_j‖².
+template <Activation A, typename scalar_t, typename acc_t>
+FASTCAE_CPU_CLONES acc_t activate_row(scalar_t* code_row, const acc_t* row_norms_sq,
+                                      int64_t cols) {
+  acc_t penalty = 0;
+#pragma omp simd reduction(+ : penalty)
+  for (int64_t j = 0; j < cols; ++j) {
+    const acc_t h = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
+    code_row[j] = static_cast<scalar_t>(h);
+    penalty += penalty_term(ActivationMath<A>::dphi(h), row_norms_sq[j]);
+  }
+  return penalty;
+}
+
+// One row of the backward pass: writes dz and adds this row's share of
+// Σ_b dz and Σ_b g_p φ'² into the task's partial sums.
+template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
+FASTCAE_CPU_CLONES void grad_preactivation_row(const scalar_t* grad_code_row,
+                                               acc_t grad_penalty, const scalar_t* code_row,
+                                               const acc_t* row_norms_sq,
+                                               scalar_t* grad_preact_row,
+                                               acc_t* grad_bias_partial,
+                                               acc_t* row_scale_partial, int64_t cols) {
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) {
+    const acc_t h = static_cast<acc_t>(code_row[j]);
+    const acc_t dphi = ActivationMath<A>::dphi(h);
+    const acc_t grad_code = kHasGradCode ? static_cast<acc_t>(grad_code_row[j]) : acc_t(0);
+    const acc_t grad_preact =
+        grad_preactivation<A>(grad_code, grad_penalty, h, dphi, row_norms_sq[j]);
+    grad_preact_row[j] = static_cast<scalar_t>(grad_preact);
+    grad_bias_partial[j] += grad_preact;
+    row_scale_partial[j] += grad_penalty * dphi * dphi;
+  }
+}
+
+at::Tensor row_norms_sq_cpu(const at::Tensor& weight) {
+  const at::Tensor weight_c = weight.contiguous();
+  const int64_t hidden = weight_c.size(0);
+  const int64_t in_features = weight_c.size(1);
+  at::Tensor out = at::empty({hidden}, weight.options().dtype(at::toOpMathType(weight.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "row_norms_sq", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = weight_c.const_data_ptr<scalar_t>();
+    acc_t* norms = out.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, hidden, rows_per_task(in_features), [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        norms[j] = row_norm_sq<scalar_t, acc_t>(w + j * in_features, in_features);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                       const c10::optional<at::Tensor>& bias,
+                                       c10::string_view activation_name) {
+  check_forward_inputs(x, weight, bias);
+  const Activation activation = parse_activation(activation_name);
+  const int64_t batch = x.size(0);
+  const int64_t hidden = weight.size(0);
+
+  at::Tensor row_norms_sq = row_norms_sq_cpu(weight);
+  // The GEMM result is z; the fused pass below turns it into h in place.
+  at::Tensor code = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  TORCH_INTERNAL_ASSERT(code.is_contiguous());
+  at::Tensor penalty = at::empty({batch}, row_norms_sq.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* code_data = code.mutable_data_ptr<scalar_t>();
+    const acc_t* norms = row_norms_sq.const_data_ptr<acc_t>();
+    acc_t* penalty_data = penalty.mutable_data_ptr<acc_t>();
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      at::parallel_for(0, batch, rows_per_task(hidden), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          penalty_data[b] = activate_row<A, scalar_t, acc_t>(code_data + b * hidden, norms, hidden);
+        }
+      });
+    });
+  });
+  return {code, penalty, row_norms_sq};
+}
+
+EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_code_opt,
+                                         const c10::optional<at::Tensor>& grad_penalty_opt,
+                                         const at::Tensor& x, const at::Tensor& weight,
+                                         const at::Tensor& code, const at::Tensor& row_norms_sq,
+                                         c10::string_view activation_name,
+                                         std::array<bool, 3> output_mask) {
+  check_backward_inputs(grad_code_opt, grad_penalty_opt, x, weight, code, row_norms_sq);
+  const Activation activation = parse_activation(activation_name);
+  const auto [need_grad_x, need_grad_weight, need_grad_bias] = output_mask;
+  const int64_t batch = x.size(0);
+  const int64_t hidden = weight.size(0);
+  const bool has_grad_code = grad_code_opt.has_value();
+  const bool has_grad_penalty = grad_penalty_opt.has_value();
+
+  // Row-contiguous views so the fused pass can walk rows with one stride.
+  const at::Tensor code_c = code.contiguous();
+  const at::Tensor norms_c = row_norms_sq.contiguous();
+  const at::Tensor grad_code = has_grad_code ? grad_code_opt->contiguous() : at::Tensor();
+  const at::Tensor grad_penalty = has_grad_penalty ? grad_penalty_opt->contiguous() : at::Tensor();
+
+  at::Tensor grad_preact = at::empty_like(code_c);
+  // Per-unit sums are reduced over the batch in fixed chunks of rows whose
+  // size depends only on the batch size: the result is the same bitwise
+  // whatever the thread count. partials[c] holds chunk c's (Σ dz, Σ g_p φ'²).
+  const int64_t chunk_rows = std::max<int64_t>(16, (batch + 255) / 256);
+  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
+  at::Tensor partials = at::zeros({num_chunks, 2, hidden}, norms_c.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* code_data = code_c.const_data_ptr<scalar_t>();
+    const scalar_t* grad_code_data = has_grad_code ? grad_code.const_data_ptr<scalar_t>() : nullptr;
+    const acc_t* grad_penalty_data = has_grad_penalty ? grad_penalty.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* norms = norms_c.const_data_ptr<acc_t>();
+    scalar_t* grad_preact_data = grad_preact.mutable_data_ptr<scalar_t>();
+    acc_t* partial_data = partials.mutable_data_ptr<acc_t>();
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      auto run_chunks = [&](auto has_grad_code_tag) {
+        constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
+        at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+          for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+            acc_t* grad_bias_partial = partial_data + chunk * 2 * hidden;
+            acc_t* row_scale_partial = grad_bias_partial + hidden;
+            const int64_t row_end = std::min(batch, (chunk + 1) * chunk_rows);
+            for (int64_t b = chunk * chunk_rows; b < row_end; ++b) {
+              const acc_t grad_penalty_b = grad_penalty_data ? grad_penalty_data[b] : acc_t(0);
+              grad_preactivation_row<A, kHasGradCode, scalar_t, acc_t>(
+                  kHasGradCode ? grad_code_data + b * hidden : nullptr, grad_penalty_b,
+                  code_data + b * hidden, norms, grad_preact_data + b * hidden, grad_bias_partial,
+                  row_scale_partial, hidden);
+            }
+          }
+        });
+      };
+      if (has_grad_code) {
+        run_chunks(std::true_type{});
+      } else {
+        run_chunks(std::false_type{});
+      }
+    });
+  });
+
+  // Sum the chunks in order (a small (num_chunks, 2, H) tensor).
+  const at::Tensor unit_sums = partials.sum(0);  // (2, H): Σ_b dz, Σ_b g_p φ'²
+  at::Tensor grad_x, grad_weight, grad_bias;
+  if (need_grad_x) {
+    grad_x = at::mm(grad_preact, weight);
+  }
+  if (need_grad_weight) {
+    if (has_grad_penalty) {
+      // dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x: the GEMM accumulates into the scaled weight.
+      const at::Tensor row_scale = unit_sums[1].mul(2).to(weight.scalar_type());
+      grad_weight = weight.mul(row_scale.unsqueeze(1));
+      grad_weight.addmm_(grad_preact.t(), x);
+    } else {
+      grad_weight = at::mm(grad_preact.t(), x);
+    }
+  }
+  if (need_grad_bias) {
+    grad_bias = unit_sums[0].to(x.scalar_type());
+  }
+  return {grad_x, grad_weight, grad_bias};
+}
+
+TORCH_LIBRARY_IMPL(fastcae, CPU, m) {
+  m.impl("encode_forward", &encode_forward_cpu);
+  m.impl("encode_backward", &encode_backward_cpu);
+}
+
+}  // namespace fastcae

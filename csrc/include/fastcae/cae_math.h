@@ -1,0 +1,221 @@
+// Per-element math of the contractive encoder, shared unchanged by the CPU
+// kernels (csrc/cpu) and the CUDA kernels (csrc/cuda).
+//
+// Encoder: z = x Wᵀ + b, h = φ(z). Per sample the Jacobian is diag(φ'(z)) W, so
+//
+//   penalty_b       = Σ_j φ'(z_bj)² ‖W_j‖²
+//   grad_preact_bj  = g_h[b,j] φ'(z_bj) + 2 g_p[b] φ'(z_bj) φ''(z_bj) ‖W_j‖²
+//   row_scale_j     = 2 Σ_b g_p[b] φ'(z_bj)²      (dW = grad_preactᵀ x + diag(row_scale) W)
+//
+// φ' and φ'' are written as functions of h (not z) so the backward pass saves
+// the code h it already has instead of the pre-activation z.
+//
+// Float transcendental functions: on the device they are CUDA's libm. On the
+// host they are branch-free polynomial versions (≤ 2 ulp on the ranges used
+// here) because an extension cannot reach ATen's per-ISA SLEEF kernels, and
+// calls to glibc's scalar expf would keep the fused row loops from
+// vectorizing. Every caller only needs exp on (-inf, 0], which keeps the
+// range reduction simple. NaN propagates through every function; ±inf gives
+// the mathematical limit.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define FASTCAE_INLINE C10_HOST_DEVICE C10_ALWAYS_INLINE
+
+namespace fastcae {
+
+// The order matches fastcae/activations.py (ACTIVATION_IDS) and kernels/.
+enum class Activation : int { sigmoid = 0, tanh = 1, softplus = 2, relu = 3, identity = 4 };
+
+namespace math {
+
+#if !defined(__CUDA_ARCH__)
+C10_ALWAYS_INLINE float float_from_bits(int32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+#endif
+
+// exp(x) for x <= 0 (NaN passes through).
+FASTCAE_INLINE float exp_nonpositive(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
+  // Below this exp(x) rounds to zero even as a denormal.
+  constexpr float kLowest = -104.0f;
+  constexpr float kLog2e = 1.44269504088896341f;
+  // ln 2 split in two so n·ln2 is subtracted without rounding error (Cody-Waite).
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a
+  // libm call (valid for |v| < 2^22; here |v| <= 151).
+  constexpr float kRoundMagic = 12582912.0f;
+
+  const float clamped = x < kLowest ? kLowest : x;  // NaN compares false and stays NaN
+  float n = (clamped * kLog2e + kRoundMagic) - kRoundMagic;
+  const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;  // r in [-ln2/2, ln2/2]
+  // Cephes expf minimax polynomial for exp(r) - 1 - r.
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float exp_r = poly * (r * r) + r + 1.0f;
+  // 2^n for n in [-150, 0] as two normal powers of two, so results in the
+  // denormal range are still correct. NaN never reaches the int conversion.
+  n = n == n ? n : 0.0f;
+  const int32_t n_int = static_cast<int32_t>(n);
+  const int32_t n_half = n_int / 2;
+  const float scale_a = float_from_bits((n_half + 127) << 23);
+  const float scale_b = float_from_bits((n_int - n_half + 127) << 23);
+  const float result = exp_r * scale_a * scale_b;
+  return x < kLowest ? 0.0f : result;
+#endif
+}
+
+FASTCAE_INLINE double exp_nonpositive(double x) { return ::exp(x); }
+
+// exp(x) - 1 for x <= 0, accurate relative to the result near 0.
+FASTCAE_INLINE float expm1_nonpositive(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expm1f(x);
+#else
+  // |x| < ln2/2: Taylor series to x⁸ (truncation < 1e-9 relative).
+  // Further out exp(x) <= 0.71, so exp(x) - 1 loses at most ~1.3 bits.
+  float poly = 1.0f / 40320.0f;
+  poly = poly * x + 1.0f / 5040.0f;
+  poly = poly * x + 1.0f / 720.0f;
+  poly = poly * x + 1.0f / 120.0f;
+  poly = poly * x + 1.0f / 24.0f;
+  poly = poly * x + 1.0f / 6.0f;
+  poly = poly * x + 0.5f;
+  const float small = poly * (x * x) + x;
+  const float large = exp_nonpositive(x) - 1.0f;
+  return x > -0.34657359f ? small : large;  // NaN takes the exp branch
+#endif
+}
+
+FASTCAE_INLINE double expm1_nonpositive(double x) { return ::expm1(x); }
+
+// log(1 + u) for u in [0, 1].
+FASTCAE_INLINE float log1p_unit(float u) {
+#if defined(__CUDA_ARCH__)
+  return ::log1pf(u);
+#else
+  // log(1+u) = 2 atanh(s) with s = u / (2 + u) in [0, 1/3]; the odd series
+  // in s converges by a factor <= 1/9 per term (truncation < 2e-9 relative).
+  const float s = u / (2.0f + u);
+  const float s2 = s * s;
+  float poly = 1.0f / 17.0f;
+  poly = poly * s2 + 1.0f / 15.0f;
+  poly = poly * s2 + 1.0f / 13.0f;
+  poly = poly * s2 + 1.0f / 11.0f;
+  poly = poly * s2 + 1.0f / 9.0f;
+  poly = poly * s2 + 1.0f / 7.0f;
+  poly = poly * s2 + 1.0f / 5.0f;
+  poly = poly * s2 + 1.0f / 3.0f;
+  return 2.0f * s + 2.0f * s * (s2 * poly);
+#endif
+}
+
+FASTCAE_INLINE double log1p_unit(double u) { return ::log1p(u); }
+
+FASTCAE_INLINE float copysign(float magnitude, float sign) { return ::copysignf(magnitude, sign); }
+FASTCAE_INLINE double copysign(double magnitude, double sign) { return ::copysign(magnitude, sign); }
+FASTCAE_INLINE float abs(float v) { return ::fabsf(v); }
+FASTCAE_INLINE double abs(double v) { return ::fabs(v); }
+
+}  // namespace math
+
+// φ, φ' (from h) and φ'' (from h and φ') per activation. T is float or double:
+// half and bfloat16 kernels compute in float.
+template <Activation A>
+struct ActivationMath;
+
+template <>
+struct ActivationMath<Activation::sigmoid> {
+  template <typename T>
+  FASTCAE_INLINE static T forward(T z) {
+    // exp of -|z| only, so it never overflows: σ(z) = 1/(1+e) or e/(1+e).
+    const T e = math::exp_nonpositive(-math::abs(z));
+    const T inv = T(1) / (T(1) + e);
+    return z >= T(0) ? inv : e * inv;
+  }
+  template <typename T>
+  FASTCAE_INLINE static T dphi(T h) { return h * (T(1) - h); }
+  template <typename T>
+  FASTCAE_INLINE static T d2phi(T h, T dphi) { return dphi * (T(1) - T(2) * h); }
+};
+
+template <>
+struct ActivationMath<Activation::tanh> {
+  template <typename T>
+  FASTCAE_INLINE static T forward(T z) {
+    // tanh|z| = -t / (2 + t) with t = expm1(-2|z|): no cancellation near 0.
+    const T t = math::expm1_nonpositive(T(-2) * math::abs(z));
+    return math::copysign(-t / (T(2) + t), z);
+  }
+  // (1-h)(1+h) keeps relative accuracy as |h| -> 1, unlike 1 - h².
+  template <typename T>
+  FASTCAE_INLINE static T dphi(T h) { return (T(1) - h) * (T(1) + h); }
+  template <typename T>
+  FASTCAE_INLINE static T d2phi(T h, T dphi) { return T(-2) * h * dphi; }
+};
+
+template <>
+struct ActivationMath<Activation::softplus> {
+  template <typename T>
+  FASTCAE_INLINE static T forward(T z) {
+    // log(1 + e^z) = max(z, 0) + log1p(e^{-|z|}).
+    const T tail = math::log1p_unit(math::exp_nonpositive(-math::abs(z)));
+    return z > T(0) ? z + tail : tail;
+  }
+  // φ'(z) = σ(z) = 1 - e^{-h}, since h = log(1 + e^z).
+  template <typename T>
+  FASTCAE_INLINE static T dphi(T h) { return -math::expm1_nonpositive(-h); }
+  template <typename T>
+  FASTCAE_INLINE static T d2phi(T /*h*/, T dphi) { return dphi * (T(1) - dphi); }
+};
+
+template <>
+struct ActivationMath<Activation::relu> {
+  template <typename T>
+  FASTCAE_INLINE static T forward(T z) { return z < T(0) ? T(0) : z; }  // NaN stays NaN
+  // 1[h > 0]; a NaN code gives a NaN derivative so NaN inputs reach the penalty.
+  template <typename T>
+  FASTCAE_INLINE static T dphi(T h) { return h > T(0) ? T(1) : (h == h ? T(0) : h); }
+  template <typename T>
+  FASTCAE_INLINE static T d2phi(T /*h*/, T /*dphi*/) { return T(0); }
+};
+
+template <>
+struct ActivationMath<Activation::identity> {
+  template <typename T>
+  FASTCAE_INLINE static T forward(T z) { return z; }
+  template <typename T>
+  FASTCAE_INLINE static T dphi(T h) { return h == h ? T(1) : h; }
+  template <typename T>
+  FASTCAE_INLINE static T d2phi(T /*h*/, T /*dphi*/) { return T(0); }
+};
+
+// One element of the penalty: φ'² ‖W_j‖².
+template <typename T>
+FASTCAE_INLINE T penalty_term(T dphi, T row_norm_sq) {
+  return dphi * dphi * row_norm_sq;
+}
+
+// dz = g_h φ' + 2 g_p φ' φ'' ‖W_j‖².
+template <Activation A, typename T>
+FASTCAE_INLINE T grad_preactivation(T grad_code, T grad_penalty, T h, T dphi, T row_norm_sq) {
+  const T d2phi = ActivationMath<A>::d2phi(h, dphi);
+  return grad_code * dphi + T(2) * grad_penalty * dphi * d2phi * row_norm_sq;
+}
+
+}  // namespace fastcae

@@ -1,0 +1,73 @@
+// Declarations shared by the op registration (csrc/ops.cpp) and the CPU and
+// CUDA implementations of the two fused ops:
+//
+//   encode_forward(x (B,D), weight (H,D), bias (H,)?, activation)
+//       -> code h (B,H), penalty (B,), row_norms_sq (H,)
+//   encode_backward(grad_code (B,H)?, grad_penalty (B,)?, x, weight, code,
+//                   row_norms_sq, activation, output_mask[3])
+//       -> grad_x (B,D), grad_weight (H,D), grad_bias (H,); undefined where
+//          output_mask is false
+//
+// penalty and row_norms_sq are float32 for half/bfloat16/float32 inputs and
+// float64 for float64 inputs (at::toOpMathType).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
+
+#include <array>
+#include <tuple>
+#include <type_traits>
+
+#include "fastcae/cae_math.h"
+
+namespace fastcae {
+
+using EncodeForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using EncodeBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// Parses "sigmoid", "tanh", "softplus", "relu" or "identity"; anything else
+// is a c10::Error naming the argument.
+Activation parse_activation(c10::string_view name);
+
+// Shape, dtype and device checks common to both devices. The Python layer
+// validates first with friendlier messages; these guard direct torch.ops calls.
+void check_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& bias);
+void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
+                           const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& code,
+                           const at::Tensor& row_norms_sq);
+
+// Calls fn(std::integral_constant<Activation, A>{}) for the runtime value, so
+// kernels are compiled once per activation with the math inlined.
+template <typename Fn>
+decltype(auto) dispatch_activation(Activation activation, Fn&& fn) {
+  switch (activation) {
+    case Activation::sigmoid:
+      return fn(std::integral_constant<Activation, Activation::sigmoid>{});
+    case Activation::tanh:
+      return fn(std::integral_constant<Activation, Activation::tanh>{});
+    case Activation::softplus:
+      return fn(std::integral_constant<Activation, Activation::softplus>{});
+    case Activation::relu:
+      return fn(std::integral_constant<Activation, Activation::relu>{});
+    case Activation::identity:
+    default:
+      return fn(std::integral_constant<Activation, Activation::identity>{});
+  }
+}
+
+EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                       const c10::optional<at::Tensor>& bias,
+                                       c10::string_view activation);
+EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_code,
+                                         const c10::optional<at::Tensor>& grad_penalty,
+                                         const at::Tensor& x, const at::Tensor& weight,
+                                         const at::Tensor& code, const at::Tensor& row_norms_sq,
+                                         c10::string_view activation,
+                                         std::array<bool, 3> output_mask);
+
+}  // namespace fastcae

@@ -1,0 +1,137 @@
+// Op schemas (torch.library, namespace "fastcae"), the argument checks shared
+// by both devices, and the Python module fastcae._C. The CPU and CUDA kernels
+// register themselves with TORCH_LIBRARY_IMPL in their own files, so the
+// dispatcher picks the device and torch.compile sees one opaque op.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "fastcae/encode.h"
+
+namespace fastcae {
+
+Activation parse_activation(c10::string_view name) {
+  if (name == "sigmoid") return Activation::sigmoid;
+  if (name == "tanh") return Activation::tanh;
+  if (name == "softplus") return Activation::softplus;
+  if (name == "relu") return Activation::relu;
+  if (name == "identity") return Activation::identity;
+  TORCH_CHECK_VALUE(false, "fastcae: activation must be one of 'sigmoid', 'tanh', 'softplus', "
+                           "'relu', 'identity', got '",
+                    std::string(name), "'");
+}
+
+namespace {
+
+void check_floating_like(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "fastcae: ", name, " must have x's dtype ",
+                   x.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), "fastcae: ", name, " must be on x's device ",
+                    x.device(), ", got ", t.device());
+}
+
+}  // namespace
+
+void check_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(x.dim() == 2, "fastcae: x must be 2-D (batch, in_features), got shape ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2,
+                    "fastcae: weight must be 2-D (hidden_features, in_features), got shape ",
+                    weight.sizes());
+  TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "fastcae: x has ", x.size(1),
+                    " features but weight expects ", weight.size(1));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastcae: x must be floating point, got ",
+                   x.scalar_type());
+  check_floating_like(weight, "weight", x);
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0),
+                      "fastcae: bias must have shape (", weight.size(0), ",), got ", bias->sizes());
+    check_floating_like(*bias, "bias", x);
+  }
+}
+
+void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
+                           const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& code,
+                           const at::Tensor& row_norms_sq) {
+  check_forward_inputs(x, weight, c10::nullopt);
+  const int64_t batch = x.size(0);
+  const int64_t hidden = weight.size(0);
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  TORCH_CHECK_VALUE(code.sizes() == at::IntArrayRef({batch, hidden}),
+                    "fastcae: code must have shape (", batch, ", ", hidden, "), got ", code.sizes());
+  check_floating_like(code, "code", x);
+  TORCH_CHECK_VALUE(row_norms_sq.dim() == 1 && row_norms_sq.size(0) == hidden,
+                    "fastcae: row_norms_sq must have shape (", hidden, ",), got ",
+                    row_norms_sq.sizes());
+  TORCH_CHECK_TYPE(row_norms_sq.scalar_type() == acc_type, "fastcae: row_norms_sq must be ",
+                   acc_type, ", got ", row_norms_sq.scalar_type());
+  if (grad_code.has_value()) {
+    TORCH_CHECK_VALUE(grad_code->sizes() == code.sizes(), "fastcae: grad_code must have shape ",
+                      code.sizes(), ", got ", grad_code->sizes());
+    check_floating_like(*grad_code, "grad_code", x);
+  }
+  if (grad_penalty.has_value()) {
+    TORCH_CHECK_VALUE(grad_penalty->dim() == 1 && grad_penalty->size(0) == batch,
+                      "fastcae: grad_penalty must have shape (", batch, ",), got ",
+                      grad_penalty->sizes());
+    TORCH_CHECK_TYPE(grad_penalty->scalar_type() == acc_type, "fastcae: grad_penalty must be ",
+                     acc_type, ", got ", grad_penalty->scalar_type());
+  }
+}
+
+TORCH_LIBRARY(fastcae, m) {
+  m.def(
+      "encode_forward(Tensor x, Tensor weight, Tensor? bias, str activation) "
+      "-> (Tensor code, Tensor penalty, Tensor row_norms_sq)");
+  m.def(
+      "encode_backward(Tensor? grad_code, Tensor? grad_penalty, Tensor x, Tensor weight, "
+      "Tensor code, Tensor row_norms_sq, str activation, bool[3] output_mask) "
+      "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+}
+
+}  // namespace fastcae
+
+// setup.py passes the arch list as bare tokens (e.g. 8.0,9.0); this quotes them.
+#define FASTCAE_STRINGIFY_(value) #value
+#define FASTCAE_STRINGIFY(value) FASTCAE_STRINGIFY_(value)
+#ifdef FASTCAE_CUDA_ARCHS
+#define FASTCAE_CUDA_ARCHS_STRING FASTCAE_STRINGIFY(FASTCAE_CUDA_ARCHS)
+#else
+#define FASTCAE_CUDA_ARCHS_STRING ""
+#endif
+
+namespace {
+
+// Which of the CPU kernel clones (GCC target_clones) this machine runs.
+std::string cpu_kernel_isa() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2)";
+  return "x86-64 baseline (SSE2)";
+#else
+  return "compiler default";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastcae C++/CUDA kernels; the ops live in torch.ops.fastcae";
+  m.def(
+      "built_with_cuda",
+      []() {
+#ifdef WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "True when the CUDA kernels were compiled into this extension.");
+  m.def(
+      "cuda_archs", []() { return std::string(FASTCAE_CUDA_ARCHS_STRING); },
+      "The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for ('' without CUDA).");
+  m.def("cpu_kernel_isa", &cpu_kernel_isa, "Instruction set of the CPU kernels selected at load time.");
+}

@@ -1,0 +1,81 @@
+"""Argument checks for the public API, in one place.
+
+Every check runs before any kernel. Messages name the argument and what was
+expected; wrong types and dtypes raise TypeError, wrong shapes, devices and
+values raise ValueError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .activations import ACTIVATION_NAMES
+
+REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
+FLOATING_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _quoted(choices: Iterable[str]) -> str:
+    return ", ".join(repr(c) for c in choices)
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise naming ``name``."""
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {_quoted(choices)}; got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {_quoted(choices)}; got {value!r}")
+    return value
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOATING_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {value.dtype}"
+        )
+    return value
+
+
+def check_encoder_args(x: object, weight: object, bias: object, activation: object) -> None:
+    """Validate the arguments of an encoder layer h = φ(x Wᵀ + b).
+
+    Expects x (B, D), weight (H, D), bias (H,) or None, all floating point with
+    one dtype and on one device, and a known activation name.
+    """
+    x = _check_tensor("x", x)
+    weight = _check_tensor("weight", weight)
+    if x.dim() != 2:
+        hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 1 else ""
+        raise ValueError(f"x must be 2-D (batch, in_features), got shape {tuple(x.shape)}{hint}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (hidden_features, in_features), got shape {tuple(weight.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"x has {x.shape[1]} features (shape {tuple(x.shape)}) but weight expects {weight.shape[1]} "
+            f"(shape {tuple(weight.shape)}): weight must be (hidden_features, in_features)"
+        )
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        bias = _check_tensor("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        tensors["bias"] = bias
+    for name, tensor in tensors.items():
+        if tensor.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {tensor.dtype} but x has {x.dtype}: all tensors need one dtype")
+        if tensor.device != x.device:
+            raise ValueError(
+                f"{name} is on {tensor.device} but x is on {x.device}: all tensors need one device"
+            )
+    check_choice("activation", activation, ACTIVATION_NAMES)
+
+
+def check_reduction(reduction: object) -> str:
+    return check_choice("reduction", reduction, REDUCTIONS)
+

@@ -1,0 +1,97 @@
+"""The C++ backends ("cpu", and "cuda" when compiled in): the ops
+``torch.ops.fastcae.encode_forward`` / ``encode_backward`` of ``fastcae._C``.
+
+The schemas and kernels are registered in C++ (csrc/ops.cpp, one
+TORCH_LIBRARY_IMPL per device); this module adds what the Python side owns:
+the fake (meta) implementations that let torch.compile trace through the ops,
+and the autograd formula, so the fused forward is one differentiable op:
+
+    forward:  (x, W, b) -> (h, p, ‖W_j‖²)       saves x, W, h, ‖W_j‖²
+    backward: dz = g_h ⊙ φ' + 2 g_p φ' φ'' ‖W_j‖²
+              dx = dz W,  dW = dzᵀ x + diag(2 Σ_b g_p φ'²) W,  db = Σ_b dz
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .reference import penalty_dtype
+
+try:
+    from .. import _C  # registers torch.ops.fastcae.* as a side effect
+except ImportError as exc:  # the package works without its extension: "torch"/"naive" remain
+    _C = None
+    LOAD_ERROR: str | None = f"the C++ extension fastcae._C could not be imported ({exc})"
+else:
+    LOAD_ERROR = None
+
+
+def built_with_cuda() -> bool:
+    return _C is not None and _C.built_with_cuda()
+
+
+def encode_extension(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
+    """h (B, H) and p (B,) from the fused C++/CUDA op of x's device."""
+    code, penalty, _row_norms_sq = torch.ops.fastcae.encode_forward(x, weight, bias, activation)
+    return code, penalty
+
+
+def _encode_forward_fake(
+    x: Tensor, weight: Tensor, bias: Tensor | None, activation: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    batch, hidden = x.shape[0], weight.shape[0]
+    acc_dtype = penalty_dtype(x.dtype)
+    return (
+        x.new_empty((batch, hidden)),
+        x.new_empty((batch,), dtype=acc_dtype),
+        x.new_empty((hidden,), dtype=acc_dtype),
+    )
+
+
+def _encode_backward_fake(
+    grad_code: Tensor | None,
+    grad_penalty: Tensor | None,
+    x: Tensor,
+    weight: Tensor,
+    code: Tensor,
+    row_norms_sq: Tensor,
+    activation: str,
+    output_mask: list[bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    need_x, need_weight, need_bias = output_mask
+    return (
+        x.new_empty(x.shape) if need_x else None,
+        weight.new_empty(weight.shape) if need_weight else None,
+        weight.new_empty((weight.shape[0],)) if need_bias else None,
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, activation = inputs
+    code, _penalty, row_norms_sq = output
+    ctx.mark_non_differentiable(row_norms_sq)
+    # Unused outputs arrive as None instead of zero tensors, and the kernel
+    # skips their terms (a loss on p alone never reads a B×H g_h).
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, weight, code, row_norms_sq)
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None, _grad_row_norms_sq: None):
+    need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_bias = need_bias and ctx.has_bias
+    if (grad_code is None and grad_penalty is None) or not (need_x or need_weight or need_bias):
+        return None, None, None, None
+    x, weight, code, row_norms_sq = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = torch.ops.fastcae.encode_backward(
+        grad_code, grad_penalty, x, weight, code, row_norms_sq, ctx.activation, [need_x, need_weight, need_bias]
+    )
+    return grad_x, grad_weight, grad_bias, None
+
+
+if _C is not None:
+    torch.library.register_fake("fastcae::encode_forward")(_encode_forward_fake)
+    torch.library.register_fake("fastcae::encode_backward")(_encode_backward_fake)
+    torch.library.register_autograd("fastcae::encode_forward", _backward, setup_context=_setup_context)

@@ -1,0 +1,1 @@
+"""Triton kernels of fastcae, installed as the subpackage ``fastcae.kernels``."""

@@ -1,0 +1,114 @@
+"""Build of fastcae and its extension ``fastcae._C``.
+
+The C++ CPU kernels are always built. The CUDA kernels are added when a CUDA
+toolkit is found and torch is a CUDA build; ``FASTCAE_CUDA=0`` skips them and
+``FASTCAE_CUDA=1`` requires them (the build fails loudly without a toolkit).
+``TORCH_CUDA_ARCH_LIST`` is honoured; without it and without a visible GPU
+the kernels are compiled for sm_80 and sm_90.
+
+Install with ``pip install --no-build-isolation -e .`` so the extension is
+compiled against the torch already in the environment.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit root: the folder whose lib64 (or lib) holds libcudart.
+
+    ``nvcc`` on PATH may be a wrapper script outside the toolkit, so its
+    parent folder is only one candidate among the usual install locations.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
+    candidates.append("/usr/local/cuda")
+    candidates.extend(sorted(glob.glob("/usr/local/cuda-*"), reverse=True))
+    for candidate in candidates:
+        if not candidate:
+            continue
+        root = Path(candidate)
+        has_nvcc = (root / "bin" / "nvcc").exists()
+        has_cudart = any(glob.glob(str(root / libdir / "libcudart.so*")) for libdir in ("lib64", "lib"))
+        if has_nvcc and has_cudart:
+            return str(root)
+    return None
+
+
+def cuda_requested() -> bool | None:
+    """FASTCAE_CUDA: "1" forces the CUDA build, "0" skips it, unset means auto."""
+    value = os.environ.get("FASTCAE_CUDA", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"FASTCAE_CUDA must be 0, 1 or unset, got {value!r}")
+
+
+requested = cuda_requested()
+cuda_home = find_cuda_home() if requested is not False else None
+if cuda_home and not os.environ.get("CUDA_HOME"):
+    # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+    os.environ["CUDA_HOME"] = cuda_home
+
+import torch  # noqa: E402  (CUDA_HOME must be set first)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+torch_has_cuda = torch.version.cuda is not None
+with_cuda = requested is not False and cuda_home is not None and torch_has_cuda
+if requested is True and not with_cuda:
+    reason = "no CUDA toolkit was found (set CUDA_HOME)" if cuda_home is None else "torch is a CPU-only build"
+    raise SystemExit(f"FASTCAE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
+if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+
+cxx_flags = [
+    "-O3",
+    # IEEE semantics stay (NaN/Inf propagate); these only let the math vectorize.
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fopenmp-simd",
+]
+nvcc_flags = ["-O3", "-lineinfo"]
+define_macros = []
+sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
+sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
+if with_cuda:
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+    # Commas instead of ';' or spaces: the value travels through a shell command line.
+    archs = ",".join(os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(";", " ").split())
+    define_macros += [("WITH_CUDA", None), ("FASTCAE_CUDA_ARCHS", archs)]
+    extension_type = CUDAExtension
+else:
+    extension_type = CppExtension
+
+print(f"fastcae: building the extension {'with' if with_cuda else 'without'} CUDA"
+      + (f" (CUDA_HOME={cuda_home}, archs {os.environ.get('TORCH_CUDA_ARCH_LIST')})" if with_cuda else ""))
+
+extension = extension_type(
+    name="fastcae._C",
+    sources=sources,
+    include_dirs=[str(ROOT / "csrc" / "include")],
+    define_macros=define_macros,
+    extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
+)
+
+setup(
+    packages=["fastcae", "fastcae.ops", "fastcae.kernels"],
+    package_dir={"fastcae": "fastcae", "fastcae.kernels": "kernels"},
+    ext_modules=[extension],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
