@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -80,8 +81,16 @@ cxx_flags = [
     # IEEE semantics stay (NaN/Inf propagate); these only let the math vectorize.
     "-fno-math-errno",
     "-fno-trapping-math",
-    "-fopenmp-simd",
 ]
+# at::parallel_for is a header template around `#pragma omp parallel`: without
+# -fopenmp it silently runs on one thread. The extension then shares the
+# libgomp that torch has already loaded (same soname).
+if sys.platform.startswith("linux"):
+    cxx_flags.append("-fopenmp")
+    link_flags = ["-fopenmp"]
+else:
+    cxx_flags.append("-fopenmp-simd")
+    link_flags = []
 nvcc_flags = ["-O3", "-lineinfo"]
 define_macros = []
 sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
@@ -103,6 +112,7 @@ extension = extension_type(
     sources=sources,
     include_dirs=[str(ROOT / "csrc" / "include")],
     define_macros=define_macros,
+    extra_link_args=link_flags,
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
 )
 

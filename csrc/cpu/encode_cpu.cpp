@@ -37,51 +37,79 @@ int64_t rows_per_task(int64_t cols) {
   return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(cols, 1));
 }
 
-// ‖w‖² of one contiguous row, accumulated in acc_t.
+// ‖W_j‖² of rows [begin, end) of a contiguous (rows, cols) matrix, accumulated
+// in acc_t. kLanes independent partial sums (a few vector registers) hide the
+// add latency that one accumulator chain would expose; they are combined in a
+// fixed order.
 template <typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES acc_t row_norm_sq(const scalar_t* row, int64_t cols) {
-  acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t k = 0; k < cols; ++k) {
-    const acc_t w = static_cast<acc_t>(row[k]);
-    sum += w * w;
-  }
-  return sum;
-}
-
-// Overwrites one row of z with h = φ(z) and returns Σ_j φ'(z_j)² ‖W_j‖².
-template <Activation A, typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES acc_t activate_row(scalar_t* code_row, const acc_t* row_norms_sq,
-                                      int64_t cols) {
-  acc_t penalty = 0;
-#pragma omp simd reduction(+ : penalty)
-  for (int64_t j = 0; j < cols; ++j) {
-    const acc_t h = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
-    code_row[j] = static_cast<scalar_t>(h);
-    penalty += penalty_term(ActivationMath<A>::dphi(h), row_norms_sq[j]);
-  }
-  return penalty;
-}
-
-// One row of the backward pass: writes dz and adds this row's share of
-// Σ_b dz and Σ_b g_p φ'² into the task's partial sums.
-template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES void grad_preactivation_row(const scalar_t* grad_code_row,
-                                               acc_t grad_penalty, const scalar_t* code_row,
-                                               const acc_t* row_norms_sq,
-                                               scalar_t* grad_preact_row,
-                                               acc_t* grad_bias_partial,
-                                               acc_t* row_scale_partial, int64_t cols) {
+FASTCAE_CPU_CLONES void row_norms_sq_rows(const scalar_t* matrix, acc_t* norms, int64_t begin,
+                                          int64_t end, int64_t cols) {
+  constexpr int64_t kLanes = 32;
+  const int64_t body = cols - cols % kLanes;
+  for (int64_t row = begin; row < end; ++row) {
+    const scalar_t* values = matrix + row * cols;
+    acc_t lanes[kLanes] = {};
+    for (int64_t k = 0; k < body; k += kLanes) {
 #pragma omp simd
-  for (int64_t j = 0; j < cols; ++j) {
-    const acc_t h = static_cast<acc_t>(code_row[j]);
-    const acc_t dphi = ActivationMath<A>::dphi(h);
-    const acc_t grad_code = kHasGradCode ? static_cast<acc_t>(grad_code_row[j]) : acc_t(0);
-    const acc_t grad_preact =
-        grad_preactivation<A>(grad_code, grad_penalty, h, dphi, row_norms_sq[j]);
-    grad_preact_row[j] = static_cast<scalar_t>(grad_preact);
-    grad_bias_partial[j] += grad_preact;
-    row_scale_partial[j] += grad_penalty * dphi * dphi;
+      for (int64_t lane = 0; lane < kLanes; ++lane) {
+        const acc_t w = static_cast<acc_t>(values[k + lane]);
+        lanes[lane] += w * w;
+      }
+    }
+    acc_t sum = 0;
+    for (int64_t k = body; k < cols; ++k) {
+      const acc_t w = static_cast<acc_t>(values[k]);
+      sum += w * w;
+    }
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      sum += lanes[lane];
+    }
+    norms[row] = sum;
+  }
+}
+
+// Overwrites rows [begin, end) of z (B, H) with h = φ(z) and writes each
+// row's penalty Σ_j φ'(z_bj)² ‖W_j‖².
+template <Activation A, typename scalar_t, typename acc_t>
+FASTCAE_CPU_CLONES void activate_rows(scalar_t* code, const acc_t* row_norms_sq, acc_t* penalty,
+                                      int64_t begin, int64_t end, int64_t cols) {
+  for (int64_t b = begin; b < end; ++b) {
+    scalar_t* code_row = code + b * cols;
+    acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < cols; ++j) {
+      const acc_t h = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
+      code_row[j] = static_cast<scalar_t>(h);
+      sum += penalty_term(ActivationMath<A>::dphi(h), row_norms_sq[j]);
+    }
+    penalty[b] = sum;
+  }
+}
+
+// Rows [begin, end) of the backward pass: writes dz and adds the rows' share
+// of Σ_b dz and Σ_b g_p φ'² into one chunk's partial sums.
+template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
+FASTCAE_CPU_CLONES void grad_preactivation_rows(const scalar_t* grad_code,
+                                                const acc_t* grad_penalty,
+                                                int64_t grad_penalty_stride, const scalar_t* code,
+                                                const acc_t* row_norms_sq, scalar_t* grad_preact,
+                                                acc_t* grad_bias_partial, acc_t* row_scale_partial,
+                                                int64_t begin, int64_t end, int64_t cols) {
+  for (int64_t b = begin; b < end; ++b) {
+    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[b * grad_penalty_stride] : acc_t(0);
+    const scalar_t* code_row = code + b * cols;
+    scalar_t* grad_preact_row = grad_preact + b * cols;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) {
+      const acc_t h = static_cast<acc_t>(code_row[j]);
+      const acc_t dphi = ActivationMath<A>::dphi(h);
+      const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[b * cols + j]) : acc_t(0);
+      const acc_t grad_preact_bj =
+          grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, dphi, row_norms_sq[j]);
+      grad_preact_row[j] = static_cast<scalar_t>(grad_preact_bj);
+      grad_bias_partial[j] += grad_preact_bj;
+      row_scale_partial[j] += grad_penalty_b * dphi * dphi;
+    }
   }
 }
 
@@ -95,9 +123,7 @@ at::Tensor row_norms_sq_cpu(const at::Tensor& weight) {
     const scalar_t* w = weight_c.const_data_ptr<scalar_t>();
     acc_t* norms = out.mutable_data_ptr<acc_t>();
     at::parallel_for(0, hidden, rows_per_task(in_features), [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        norms[j] = row_norm_sq<scalar_t, acc_t>(w + j * in_features, in_features);
-      }
+      row_norms_sq_rows<scalar_t, acc_t>(w, norms, begin, end, in_features);
     });
   });
   return out;
@@ -113,9 +139,10 @@ EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& we
   const int64_t batch = x.size(0);
   const int64_t hidden = weight.size(0);
 
-  at::Tensor row_norms_sq = row_norms_sq_cpu(weight);
   // The GEMM result is z; the fused pass below turns it into h in place.
   at::Tensor code = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  // After the GEMM, which has just streamed W through the caches.
+  at::Tensor row_norms_sq = row_norms_sq_cpu(weight);
   TORCH_INTERNAL_ASSERT(code.is_contiguous());
   at::Tensor penalty = at::empty({batch}, row_norms_sq.options());
 
@@ -127,9 +154,7 @@ EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& we
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
       at::parallel_for(0, batch, rows_per_task(hidden), [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          penalty_data[b] = activate_row<A, scalar_t, acc_t>(code_data + b * hidden, norms, hidden);
-        }
+        activate_rows<A, scalar_t, acc_t>(code_data, norms, penalty_data, begin, end, hidden);
       });
     });
   });
@@ -154,7 +179,8 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
   const at::Tensor code_c = code.contiguous();
   const at::Tensor norms_c = row_norms_sq.contiguous();
   const at::Tensor grad_code = has_grad_code ? grad_code_opt->contiguous() : at::Tensor();
-  const at::Tensor grad_penalty = has_grad_penalty ? grad_penalty_opt->contiguous() : at::Tensor();
+  // g_p may be an expanded scalar (the backward of a mean): read it with its stride.
+  const at::Tensor grad_penalty = has_grad_penalty ? *grad_penalty_opt : at::Tensor();
 
   at::Tensor grad_preact = at::empty_like(code_c);
   // Per-unit sums are reduced over the batch in fixed chunks of rows whose
@@ -169,6 +195,7 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
     const scalar_t* code_data = code_c.const_data_ptr<scalar_t>();
     const scalar_t* grad_code_data = has_grad_code ? grad_code.const_data_ptr<scalar_t>() : nullptr;
     const acc_t* grad_penalty_data = has_grad_penalty ? grad_penalty.const_data_ptr<acc_t>() : nullptr;
+    const int64_t grad_penalty_stride = has_grad_penalty ? grad_penalty.stride(0) : 0;
     const acc_t* norms = norms_c.const_data_ptr<acc_t>();
     scalar_t* grad_preact_data = grad_preact.mutable_data_ptr<scalar_t>();
     acc_t* partial_data = partials.mutable_data_ptr<acc_t>();
@@ -179,15 +206,10 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
         at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
           for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
             acc_t* grad_bias_partial = partial_data + chunk * 2 * hidden;
-            acc_t* row_scale_partial = grad_bias_partial + hidden;
-            const int64_t row_end = std::min(batch, (chunk + 1) * chunk_rows);
-            for (int64_t b = chunk * chunk_rows; b < row_end; ++b) {
-              const acc_t grad_penalty_b = grad_penalty_data ? grad_penalty_data[b] : acc_t(0);
-              grad_preactivation_row<A, kHasGradCode, scalar_t, acc_t>(
-                  kHasGradCode ? grad_code_data + b * hidden : nullptr, grad_penalty_b,
-                  code_data + b * hidden, norms, grad_preact_data + b * hidden, grad_bias_partial,
-                  row_scale_partial, hidden);
-            }
+            grad_preactivation_rows<A, kHasGradCode, scalar_t, acc_t>(
+                grad_code_data, grad_penalty_data, grad_penalty_stride, code_data, norms,
+                grad_preact_data, grad_bias_partial, grad_bias_partial + hidden, chunk * chunk_rows,
+                std::min(batch, (chunk + 1) * chunk_rows), hidden);
           }
         });
       };
@@ -209,7 +231,8 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
     if (has_grad_penalty) {
       // dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x: the GEMM accumulates into the scaled weight.
       const at::Tensor row_scale = unit_sums[1].mul(2).to(weight.scalar_type());
-      grad_weight = weight.mul(row_scale.unsqueeze(1));
+      grad_weight = at::empty(weight.sizes(), weight.options());
+      at::mul_out(grad_weight, weight, row_scale.unsqueeze(1));
       grad_weight.addmm_(grad_preact.t(), x);
     } else {
       grad_weight = at::mm(grad_preact.t(), x);

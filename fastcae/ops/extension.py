@@ -1,10 +1,10 @@
 """The C++ backends ("cpu", and "cuda" when compiled in): the ops
 ``torch.ops.fastcae.encode_forward`` / ``encode_backward`` of ``fastcae._C``.
 
-The schemas and kernels are registered in C++ (csrc/ops.cpp, one
-TORCH_LIBRARY_IMPL per device); this module adds what the Python side owns:
-the fake (meta) implementations that let torch.compile trace through the ops,
-and the autograd formula, so the fused forward is one differentiable op:
+The schemas, kernels (one TORCH_LIBRARY_IMPL per device) and the autograd
+formula are registered in C++ (csrc/ops.cpp); this module adds the fake (meta)
+implementations that let torch.compile trace through the ops. The fused
+forward is one differentiable op:
 
     forward:  (x, W, b) -> (h, p, ‖W_j‖²)       saves x, W, h, ‖W_j‖²
     backward: dz = g_h ⊙ φ' + 2 g_p φ' φ'' ‖W_j‖²
@@ -67,31 +67,6 @@ def _encode_backward_fake(
     )
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, activation = inputs
-    code, _penalty, row_norms_sq = output
-    ctx.mark_non_differentiable(row_norms_sq)
-    # Unused outputs arrive as None instead of zero tensors, and the kernel
-    # skips their terms (a loss on p alone never reads a B×H g_h).
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, weight, code, row_norms_sq)
-    ctx.activation = activation
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None, _grad_row_norms_sq: None):
-    need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-    need_bias = need_bias and ctx.has_bias
-    if (grad_code is None and grad_penalty is None) or not (need_x or need_weight or need_bias):
-        return None, None, None, None
-    x, weight, code, row_norms_sq = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = torch.ops.fastcae.encode_backward(
-        grad_code, grad_penalty, x, weight, code, row_norms_sq, ctx.activation, [need_x, need_weight, need_bias]
-    )
-    return grad_x, grad_weight, grad_bias, None
-
-
 if _C is not None:
     torch.library.register_fake("fastcae::encode_forward")(_encode_forward_fake)
     torch.library.register_fake("fastcae::encode_backward")(_encode_backward_fake)
-    torch.library.register_autograd("fastcae::encode_forward", _backward, setup_context=_setup_context)
