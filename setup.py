@@ -104,8 +104,10 @@ if with_cuda:
 else:
     extension_type = CppExtension
 
-print(f"fastcae: building the extension {'with' if with_cuda else 'without'} CUDA"
-      + (f" (CUDA_HOME={cuda_home}, archs {os.environ.get('TORCH_CUDA_ARCH_LIST')})" if with_cuda else ""))
+print(
+    f"fastcae: building the extension {'with' if with_cuda else 'without'} CUDA"
+    + (f" (CUDA_HOME={cuda_home}, archs {os.environ.get('TORCH_CUDA_ARCH_LIST')})" if with_cuda else "")
+)
 
 extension = extension_type(
     name="fastcae._C",

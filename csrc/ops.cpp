@@ -168,8 +168,8 @@ TORCH_LIBRARY_IMPL(fastcae, Autograd, m) {
 }  // namespace fastcae
 
 // setup.py passes the arch list as bare tokens (e.g. 8.0,9.0); this quotes them.
-#define FASTCAE_STRINGIFY_(value) #value
-#define FASTCAE_STRINGIFY(value) FASTCAE_STRINGIFY_(value)
+#define FASTCAE_STRINGIFY_(...) #__VA_ARGS__
+#define FASTCAE_STRINGIFY(...) FASTCAE_STRINGIFY_(__VA_ARGS__)
 #ifdef FASTCAE_CUDA_ARCHS
 #define FASTCAE_CUDA_ARCHS_STRING FASTCAE_STRINGIFY(FASTCAE_CUDA_ARCHS)
 #else

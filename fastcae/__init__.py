@@ -1,11 +1,11 @@
 """fastcae: the contractive autoencoder penalty, fused and nearly free.
 
-    h, p = fastcae.encode(x, W, b)              # code (B, H) and ‖∂h/∂x‖²_F per sample (B,)
-    loss = recon_loss + lam * fastcae.penalty(x, W, b)
+h, p = fastcae.encode(x, W, b)              # code (B, H) and ‖∂h/∂x‖²_F per sample (B,)
+loss = recon_loss + lam * fastcae.penalty(x, W, b)
 """
 
 from .activations import ACTIVATION_NAMES
-from .backends import BackendUnavailableError, backends
+from .dispatch import BackendUnavailableError, backends
 from .functional import EncoderOutput, encode, penalty
 
 __version__ = "0.1.0"

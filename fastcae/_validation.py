@@ -37,7 +37,8 @@ def _check_tensor(name: str, value: object) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOATING_DTYPES:
         raise TypeError(
-            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {value.dtype}"
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got {value.dtype}"
         )
     return value
 
@@ -54,7 +55,9 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
         hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 1 else ""
         raise ValueError(f"x must be 2-D (batch, in_features), got shape {tuple(x.shape)}{hint}")
     if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (hidden_features, in_features), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be 2-D (hidden_features, in_features), got shape {tuple(weight.shape)}"
+        )
     if x.shape[1] != weight.shape[1]:
         raise ValueError(
             f"x has {x.shape[1]} features (shape {tuple(x.shape)}) but weight expects {weight.shape[1]} "
@@ -68,7 +71,9 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
         tensors["bias"] = bias
     for name, tensor in tensors.items():
         if tensor.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {tensor.dtype} but x has {x.dtype}: all tensors need one dtype")
+            raise TypeError(
+                f"{name} has dtype {tensor.dtype} but x has {x.dtype}: all tensors need one dtype"
+            )
         if tensor.device != x.device:
             raise ValueError(
                 f"{name} is on {tensor.device} but x is on {x.device}: all tensors need one device"
@@ -78,4 +83,3 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
 
 def check_reduction(reduction: object) -> str:
     return check_choice("reduction", reduction, REDUCTIONS)
-

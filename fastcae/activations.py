@@ -1,7 +1,9 @@
-"""The activation table of the Python side: φ, and φ' and φ'' written from h = φ(z).
+"""The activation table of the Python side: φ, φ'(z), and φ' and φ'' written from h = φ(z).
 
-Writing the derivatives from h lets every backward pass save the code h it
-already has instead of the pre-activation z. The C++/CUDA twin of this table is
+The forward passes take φ' from z, where it is accurate even for saturated
+units (from a rounded h, 1 - h loses all relative precision). The backward
+passes take φ' and φ'' from h, so they save the code h they already have
+instead of the pre-activation z. The C++/CUDA twin of this table is
 ``csrc/include/fastcae/cae_math.h`` and the Triton one ``kernels/activations.py``;
 the ids below are shared by all three. A NaN code gives a NaN derivative for
 every activation, so NaN inputs always reach the penalty.
@@ -9,8 +11,8 @@ every activation, so NaN inputs always reach the penalty.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ class Activation:
         name: the public name ("sigmoid", ...).
         id: the index shared with the C++ enum and the Triton kernels.
         forward: z -> h.
+        slope: z -> φ'(z).
         dphi: h -> φ'(z).
         d2phi: (h, φ'(z)) -> φ''(z).
     """
@@ -32,12 +35,19 @@ class Activation:
     name: str
     id: int
     forward: Callable[[Tensor], Tensor]
+    slope: Callable[[Tensor], Tensor]
     dphi: Callable[[Tensor], Tensor]
     d2phi: Callable[[Tensor, Tensor], Tensor]
 
 
 def _propagate_nan(h: Tensor, value: Tensor) -> Tensor:
     return torch.where(torch.isnan(h), h, value)
+
+
+def _tanh_slope(z: Tensor) -> Tensor:
+    # sech²(z) = 4e / (1 + e)² with e = exp(-2|z|): no overflow, no cancellation.
+    e = torch.exp(-2 * z.abs())
+    return 4 * e / (1 + e) ** 2
 
 
 ACTIVATIONS: dict[str, Activation] = {
@@ -47,6 +57,7 @@ ACTIVATIONS: dict[str, Activation] = {
             "sigmoid",
             0,
             forward=torch.sigmoid,
+            slope=lambda z: torch.sigmoid(z) * torch.sigmoid(-z),
             dphi=lambda h: h * (1 - h),
             d2phi=lambda h, dphi: dphi * (1 - 2 * h),
         ),
@@ -54,6 +65,7 @@ ACTIVATIONS: dict[str, Activation] = {
             "tanh",
             1,
             forward=torch.tanh,
+            slope=_tanh_slope,
             # (1-h)(1+h) keeps relative accuracy as |h| -> 1, unlike 1 - h².
             dphi=lambda h: (1 - h) * (1 + h),
             d2phi=lambda h, dphi: -2 * h * dphi,
@@ -62,6 +74,7 @@ ACTIVATIONS: dict[str, Activation] = {
             "softplus",
             2,
             forward=F.softplus,
+            slope=torch.sigmoid,
             # φ'(z) = sigmoid(z) = 1 - exp(-h) because h = log(1 + e^z).
             dphi=lambda h: -torch.expm1(-h),
             d2phi=lambda h, dphi: dphi * (1 - dphi),
@@ -70,6 +83,7 @@ ACTIVATIONS: dict[str, Activation] = {
             "relu",
             3,
             forward=torch.relu,
+            slope=lambda z: _propagate_nan(z, (z > 0).to(z.dtype)),
             dphi=lambda h: _propagate_nan(h, (h > 0).to(h.dtype)),
             d2phi=lambda h, dphi: torch.zeros_like(h),
         ),
@@ -77,6 +91,7 @@ ACTIVATIONS: dict[str, Activation] = {
             "identity",
             4,
             forward=lambda z: z,
+            slope=lambda z: _propagate_nan(z, torch.ones_like(z)),
             dphi=lambda h: _propagate_nan(h, torch.ones_like(h)),
             d2phi=lambda h, dphi: torch.zeros_like(h),
         ),

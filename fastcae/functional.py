@@ -17,7 +17,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from ._validation import check_encoder_args, check_reduction
-from .backends import resolve_backend
+from .dispatch import resolve_backend
 
 
 class EncoderOutput(NamedTuple):

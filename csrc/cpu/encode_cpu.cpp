@@ -78,9 +78,9 @@ FASTCAE_CPU_CLONES void activate_rows(scalar_t* code, const acc_t* row_norms_sq,
     acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < cols; ++j) {
-      const acc_t h = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
-      code_row[j] = static_cast<scalar_t>(h);
-      sum += penalty_term(ActivationMath<A>::dphi(h), row_norms_sq[j]);
+      const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
+      code_row[j] = static_cast<scalar_t>(value.code);
+      sum += penalty_term(value.dphi, row_norms_sq[j]);
     }
     penalty[b] = sum;
   }

@@ -31,7 +31,9 @@ def built_with_cuda() -> bool:
     return _C is not None and _C.built_with_cuda()
 
 
-def encode_extension(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
+def encode_extension(
+    x: Tensor, weight: Tensor, bias: Tensor | None, activation: str
+) -> tuple[Tensor, Tensor]:
     """h (B, H) and p (B,) from the fused C++/CUDA op of x's device."""
     code, penalty, _row_norms_sq = torch.ops.fastcae.encode_forward(x, weight, bias, activation)
     return code, penalty

@@ -32,7 +32,7 @@ def encode_torch(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str
     z = F.linear(x, weight, bias).to(compute_dtype)
     h = act.forward(z)
     row_norms_sq = weight.to(compute_dtype).pow(2).sum(dim=1)
-    penalty = act.dphi(h).pow(2) @ row_norms_sq
+    penalty = act.slope(z).pow(2) @ row_norms_sq
     return h.to(x.dtype), penalty
 
 

@@ -7,8 +7,9 @@
 //   grad_preact_bj  = g_h[b,j] φ'(z_bj) + 2 g_p[b] φ'(z_bj) φ''(z_bj) ‖W_j‖²
 //   row_scale_j     = 2 Σ_b g_p[b] φ'(z_bj)²      (dW = grad_preactᵀ x + diag(row_scale) W)
 //
-// φ' and φ'' are written as functions of h (not z) so the backward pass saves
-// the code h it already has instead of the pre-activation z.
+// The forward pass takes φ' from z (accurate for saturated units); the
+// backward pass takes φ' and φ'' from h, so it saves the code h it already has
+// instead of the pre-activation z.
 //
 // Float transcendental functions: on the device they are CUDA's libm. On the
 // host they are branch-free polynomial versions (≤ 2 ulp on the ranges used
@@ -82,8 +83,9 @@ FASTCAE_INLINE float exp_nonpositive(float x) {
 
 FASTCAE_INLINE double exp_nonpositive(double x) { return ::exp(x); }
 
-// exp(x) - 1 for x <= 0, accurate relative to the result near 0.
-FASTCAE_INLINE float expm1_nonpositive(float x) {
+// exp(x) - 1 for x <= 0, accurate relative to the result near 0, given
+// exp_x = exp_nonpositive(x) (callers need both; this shares the work).
+FASTCAE_INLINE float expm1_nonpositive(float x, float exp_x) {
 #if defined(__CUDA_ARCH__)
   return ::expm1f(x);
 #else
@@ -97,12 +99,16 @@ FASTCAE_INLINE float expm1_nonpositive(float x) {
   poly = poly * x + 1.0f / 6.0f;
   poly = poly * x + 0.5f;
   const float small = poly * (x * x) + x;
-  const float large = exp_nonpositive(x) - 1.0f;
-  return x > -0.34657359f ? small : large;  // NaN takes the exp branch
+  return x > -0.34657359f ? small : exp_x - 1.0f;  // NaN takes the second branch
 #endif
 }
 
-FASTCAE_INLINE double expm1_nonpositive(double x) { return ::expm1(x); }
+FASTCAE_INLINE double expm1_nonpositive(double x, double /*exp_x*/) { return ::expm1(x); }
+
+template <typename T>
+FASTCAE_INLINE T expm1_nonpositive(T x) {
+  return expm1_nonpositive(x, exp_nonpositive(x));
+}
 
 // log(1 + u) for u in [0, 1].
 FASTCAE_INLINE float log1p_unit(float u) {
@@ -134,19 +140,31 @@ FASTCAE_INLINE double abs(double v) { return ::fabs(v); }
 
 }  // namespace math
 
-// φ, φ' (from h) and φ'' (from h and φ') per activation. T is float or double:
-// half and bfloat16 kernels compute in float.
+// h = φ(z) and φ'(z), computed together from z. The forward pass takes φ'
+// from z because it is accurate there: from a rounded h, 1 - h loses all
+// relative precision once a unit saturates.
+template <typename T>
+struct CodeAndSlope {
+  T code;
+  T dphi;
+};
+
+// Per activation: forward(z) -> (h, φ'(z)); dphi(h) = φ'(z) and
+// d2phi(h, φ') = φ''(z) written from h, which is what the backward pass saves.
+// T is float or double: half and bfloat16 kernels compute in float.
 template <Activation A>
 struct ActivationMath;
 
 template <>
 struct ActivationMath<Activation::sigmoid> {
   template <typename T>
-  FASTCAE_INLINE static T forward(T z) {
-    // exp of -|z| only, so it never overflows: σ(z) = 1/(1+e) or e/(1+e).
+  FASTCAE_INLINE static CodeAndSlope<T> forward(T z) {
+    // exp of -|z| only, so it never overflows: σ(z) = 1/(1+e) or e/(1+e),
+    // and σ'(z) = σ(z) σ(-z) = e/(1+e)².
     const T e = math::exp_nonpositive(-math::abs(z));
     const T inv = T(1) / (T(1) + e);
-    return z >= T(0) ? inv : e * inv;
+    const T e_inv = e * inv;
+    return {z >= T(0) ? inv : e_inv, e_inv * inv};
   }
   template <typename T>
   FASTCAE_INLINE static T dphi(T h) { return h * (T(1) - h); }
@@ -157,10 +175,14 @@ struct ActivationMath<Activation::sigmoid> {
 template <>
 struct ActivationMath<Activation::tanh> {
   template <typename T>
-  FASTCAE_INLINE static T forward(T z) {
-    // tanh|z| = -t / (2 + t) with t = expm1(-2|z|): no cancellation near 0.
-    const T t = math::expm1_nonpositive(T(-2) * math::abs(z));
-    return math::copysign(-t / (T(2) + t), z);
+  FASTCAE_INLINE static CodeAndSlope<T> forward(T z) {
+    // With e = exp(-2|z|) and t = e - 1 (from expm1: no cancellation near 0):
+    // tanh|z| = -t / (2 + t) and tanh'(z) = 4e / (1 + e)².
+    const T minus_two_abs_z = T(-2) * math::abs(z);
+    const T e = math::exp_nonpositive(minus_two_abs_z);
+    const T t = math::expm1_nonpositive(minus_two_abs_z, e);
+    const T inv = T(1) / (T(1) + e);
+    return {math::copysign(-t / (T(2) + t), z), T(4) * e * inv * inv};
   }
   // (1-h)(1+h) keeps relative accuracy as |h| -> 1, unlike 1 - h².
   template <typename T>
@@ -172,10 +194,13 @@ struct ActivationMath<Activation::tanh> {
 template <>
 struct ActivationMath<Activation::softplus> {
   template <typename T>
-  FASTCAE_INLINE static T forward(T z) {
-    // log(1 + e^z) = max(z, 0) + log1p(e^{-|z|}).
-    const T tail = math::log1p_unit(math::exp_nonpositive(-math::abs(z)));
-    return z > T(0) ? z + tail : tail;
+  FASTCAE_INLINE static CodeAndSlope<T> forward(T z) {
+    // log(1 + e^z) = max(z, 0) + log1p(e) with e = exp(-|z|); φ'(z) = σ(z).
+    const T e = math::exp_nonpositive(-math::abs(z));
+    const T tail = math::log1p_unit(e);
+    const T inv = T(1) / (T(1) + e);
+    const bool positive = z > T(0);
+    return {positive ? z + tail : tail, positive ? inv : e * inv};
   }
   // φ'(z) = σ(z) = 1 - e^{-h}, since h = log(1 + e^z).
   template <typename T>
@@ -187,8 +212,11 @@ struct ActivationMath<Activation::softplus> {
 template <>
 struct ActivationMath<Activation::relu> {
   template <typename T>
-  FASTCAE_INLINE static T forward(T z) { return z < T(0) ? T(0) : z; }  // NaN stays NaN
-  // 1[h > 0]; a NaN code gives a NaN derivative so NaN inputs reach the penalty.
+  FASTCAE_INLINE static CodeAndSlope<T> forward(T z) {
+    const T code = z < T(0) ? T(0) : z;  // NaN stays NaN
+    return {code, dphi(code)};
+  }
+  // 1[h > 0]; a NaN code gives a NaN slope so NaN inputs reach the penalty.
   template <typename T>
   FASTCAE_INLINE static T dphi(T h) { return h > T(0) ? T(1) : (h == h ? T(0) : h); }
   template <typename T>
@@ -198,7 +226,7 @@ struct ActivationMath<Activation::relu> {
 template <>
 struct ActivationMath<Activation::identity> {
   template <typename T>
-  FASTCAE_INLINE static T forward(T z) { return z; }
+  FASTCAE_INLINE static CodeAndSlope<T> forward(T z) { return {z, dphi(z)}; }
   template <typename T>
   FASTCAE_INLINE static T dphi(T h) { return h == h ? T(1) : h; }
   template <typename T>

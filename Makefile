@@ -1,0 +1,54 @@
+# The README's commands. Each target installs what it needs: a virtual
+# environment with torch and the project built into it (editable).
+#
+#   make bench      the benchmark suite (the project's main job)
+#   make test       lint + the test suite + a quick benchmark smoke run
+#   make gpu-check  on a GPU machine with no network: build, test, benchmark
+#
+# Variables: PYTHON (interpreter that creates the venv), VENV, TORCH_SPEC.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEPS_STAMP := $(VENV)/.fastcae-deps
+BUILD_STAMP := $(VENV)/.fastcae-build
+EXTENSION_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
+BENCH_OUT ?= benchmarks/results
+
+.PHONY: install test bench lint gpu-check clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): | $(PY)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH_SPEC)" numpy ninja setuptools wheel
+	$(PIP) install pytest pytest-benchmark hypothesis expecttest ruff matplotlib tqdm scikit-learn scikit-image
+	touch $@
+
+# Rebuilt only when the C++/CUDA sources change.
+$(BUILD_STAMP): $(DEPS_STAMP) $(EXTENSION_SOURCES)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(BUILD_STAMP)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests -q
+	FASTCAE_BENCH_QUICK=1 $(PY) -m pytest benchmarks -q -p no:cacheprovider
+
+bench: install
+	$(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-out-dir=$(BENCH_OUT)
+
+gpu-check:
+	bash scripts/gpu_check.sh $(OUT)
+
+clean:
+	rm -rf build fastcae/_C*.so $(BUILD_STAMP)

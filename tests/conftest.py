@@ -1,0 +1,12 @@
+"""Test configuration.
+
+Without a CUDA device the Triton kernels run under the Triton interpreter,
+which must be switched on before triton is first imported.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

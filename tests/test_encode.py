@@ -1,0 +1,194 @@
+"""Every CPU backend against the float64 closed form: values and gradients,
+over activations, dtypes, odd shapes, layouts and bias/no bias."""
+
+import pytest
+import torch
+from helpers import assert_close, available_backends, make_inputs, reference
+
+import fastcae
+from fastcae.activations import ACTIVATION_NAMES
+
+BACKENDS = available_backends("cpu")
+FAST_BACKENDS = [b for b in BACKENDS if b not in ("torch", "naive")]
+SHAPES = [(1, 1, 1), (3, 5, 7), (17, 33, 15), (2, 3, 257), (300, 17, 4), (127, 300, 65), (64, 784, 128)]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture
+def poison_empty():
+    """torch.empty returns NaN-filled memory, so an output element a kernel
+    forgets to write fails the comparison instead of passing by luck."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
+def test_cpu_backend_is_built():
+    assert "cpu" in BACKENDS, fastcae.backends()
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_matches_float64_reference(backend, activation, dtype, shape):
+    if backend == "naive" and shape[0] * shape[1] * shape[2] > 200_000:
+        pytest.skip("naive materializes (B, H, D); covered at smaller shapes")
+    if backend == "naive" and dtype not in (torch.float32, torch.float64):
+        pytest.skip("naive is the float32/float64 baseline, not a reduced-precision path")
+    x, weight, bias = make_inputs(*shape, dtype=dtype, seed=hash((activation, shape)) % 1000)
+    h, p = fastcae.encode(x, weight, bias, activation=activation, backend=backend)
+    h_ref, p_ref = reference(x, weight, bias, activation)
+    assert h.dtype == dtype and h.shape == h_ref.shape
+    assert p.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(h, h_ref, dtype, what="code")
+    assert_close(p, p_ref, dtype, what="penalty")
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("layout", ["transposed", "sliced"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_noncontiguous_inputs(backend, activation, layout, bias):
+    x, weight, b = make_inputs(19, 23, 37, layout=layout, bias=bias, seed=3)
+    assert not x.is_contiguous() and not weight.is_contiguous()
+    h, p = fastcae.encode(x, weight, b, activation=activation, backend=backend)
+    h_ref, p_ref = reference(x, weight, b, activation)
+    assert_close(h, h_ref, torch.float32, what="code")
+    assert_close(p, p_ref, torch.float32, what="penalty")
+
+
+def _as_float32(t):
+    return None if t is None else t.to(torch.float32)
+
+
+def _loss(h, p, grad_code_weight, grad_penalty_weight):
+    """A loss using h, p or both, with weights that make every element matter."""
+    loss = 0
+    if grad_code_weight is not None:
+        loss = loss + (h.to(grad_code_weight.dtype) * grad_code_weight).sum()
+    if grad_penalty_weight is not None:
+        loss = loss + (p * grad_penalty_weight).sum()
+    return loss
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("uses", ["code", "penalty", "both"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 33, 15), (64, 100, 130)], ids=str)
+def test_gradients_match_float64_reference(backend, activation, uses, dtype, shape):
+    if backend == "naive" and dtype != torch.float32:
+        pytest.skip("naive in reduced precision is not a reference-grade path")
+    x, weight, bias = make_inputs(*shape, dtype=dtype, seed=7, requires_grad=True)
+    gen = torch.Generator().manual_seed(11)
+    code_weight = (
+        torch.randn(shape[0], shape[2], generator=gen, dtype=torch.float64) if uses != "penalty" else None
+    )
+    penalty_weight = torch.randn(shape[0], generator=gen, dtype=torch.float64) if uses != "code" else None
+
+    h, p = fastcae.encode(x, weight, bias, activation=activation, backend=backend)
+    loss = _loss(h, p, _as_float32(code_weight), _as_float32(penalty_weight))
+    # materialize_grads: for "identity" the naive p does not depend on x at all.
+    grads = torch.autograd.grad(loss, (x, weight, bias), allow_unused=True, materialize_grads=True)
+
+    inputs64 = [t.detach().to(torch.float64).requires_grad_() for t in (x, weight, bias)]
+    h64, p64 = fastcae.encode(*inputs64, activation=activation, backend="torch")
+    loss64 = _loss(h64, p64, code_weight, penalty_weight)
+    expected = torch.autograd.grad(loss64, inputs64, allow_unused=True, materialize_grads=True)
+    for name, got, want in zip(("grad_x", "grad_weight", "grad_bias"), grads, expected, strict=False):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, what=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_float64(backend, activation, bias):
+    x, weight, b = make_inputs(5, 7, 6, dtype=torch.float64, bias=bias, seed=5, requires_grad=True)
+    if activation == "relu":  # keep every pre-activation away from the kink at 0
+        with torch.no_grad():
+            z = x @ weight.t() + (b if b is not None else 0)
+            x.add_(torch.where(z.abs().min(dim=1).values < 0.05, 0.3, 0.0).unsqueeze(1))
+        assert (x @ weight.t() + (b if b is not None else 0)).abs().min() > 1e-3
+    inputs = tuple(t for t in (x, weight, b) if t is not None)
+
+    def split(*tensors):
+        return tensors if bias else (*tensors, None)
+
+    def code_only(*tensors):
+        return fastcae.encode(*split(*tensors), activation=activation, backend=backend).code
+
+    def penalty_only(*tensors):
+        return fastcae.penalty(*split(*tensors), activation=activation, reduction="none", backend=backend)
+
+    def combined(*tensors):
+        h, p = fastcae.encode(*split(*tensors), activation=activation, backend=backend)
+        return (h.sin().sum(dim=1) + p.log1p()).sum()
+
+    for fn in (code_only, penalty_only, combined):
+        assert torch.autograd.gradcheck(fn, inputs), fn.__name__
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("needs", ["x", "weight", "bias"])
+def test_gradient_only_where_asked(backend, needs):
+    x, weight, bias = make_inputs(9, 11, 13, dtype=torch.float64)
+    wanted = {"x": x, "weight": weight, "bias": bias}[needs].requires_grad_()
+    (grad,) = torch.autograd.grad(fastcae.penalty(x, weight, bias, backend=backend), wanted)
+    inputs64 = [t.detach().clone().requires_grad_(t is wanted) for t in (x, weight, bias)]
+    (expected,) = torch.autograd.grad(
+        fastcae.penalty(*inputs64, backend="torch"), [t for t in inputs64 if t.requires_grad]
+    )
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_reductions(backend, reduction):
+    x, weight, bias = make_inputs(6, 5, 4, dtype=torch.float64)
+    per_sample = fastcae.encode(x, weight, bias, backend=backend).penalty
+    got = fastcae.penalty(x, weight, bias, reduction=reduction, backend=backend)
+    expected = {"none": per_sample, "sum": per_sample.sum(), "mean": per_sample.mean()}[reduction]
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_empty_batch(backend, reduction):
+    x, weight, bias = make_inputs(0, 5, 4, requires_grad=True)
+    h, p = fastcae.encode(x, weight, bias, backend=backend)
+    assert h.shape == (0, 4) and p.shape == (0,)
+    loss = fastcae.penalty(x, weight, bias, reduction=reduction, backend=backend)
+    assert loss.shape == ((0,) if reduction == "none" else ())
+    if reduction != "none":
+        assert loss.item() == 0.0
+        loss.backward()
+        assert torch.equal(weight.grad, torch.zeros_like(weight))
+        assert torch.equal(bias.grad, torch.zeros_like(bias))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "naive"])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_nan_in_x_reaches_only_its_sample(backend, activation):
+    x, weight, bias = make_inputs(4, 6, 5)
+    x[2, 3] = float("nan")
+    h, p = fastcae.encode(x, weight, bias, activation=activation, backend=backend)
+    assert torch.isnan(p[2]) and torch.isnan(h[2]).all()
+    keep = torch.tensor([0, 1, 3])
+    assert torch.isfinite(p[keep]).all() and torch.isfinite(h[keep]).all()
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "softplus"])
+def test_naive_nan_in_x_reaches_only_its_sample(activation):
+    """The naive Jacobian propagates NaN for smooth activations (autograd's relu
+    derivative at NaN is 0, so relu and identity are excluded for "naive")."""
+    x, weight, bias = make_inputs(4, 6, 5)
+    x[1, 0] = float("nan")
+    p = fastcae.penalty(x, weight, bias, activation=activation, reduction="none", backend="naive")
+    assert torch.isnan(p[1]) and torch.isfinite(p[[0, 2, 3]]).all()

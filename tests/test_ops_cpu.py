@@ -1,0 +1,105 @@
+"""The C++ ops as torch.library ops: opcheck, the extension's report of itself,
+determinism, and torch.compile."""
+
+import pytest
+import torch
+from helpers import available_backends, make_inputs
+
+import fastcae
+from fastcae.activations import ACTIVATION_NAMES
+
+pytestmark = pytest.mark.skipif("cpu" not in available_backends(), reason="fastcae._C is not built")
+
+
+def forward_samples():
+    for activation in ACTIVATION_NAMES:
+        for bias in (True, False):
+            x, weight, b = make_inputs(7, 9, 5, bias=bias, requires_grad=True, seed=len(activation))
+            yield (x, weight, b, activation)
+    x, weight, b = make_inputs(6, 4, 3, dtype=torch.bfloat16, seed=2)
+    yield (x, weight, b, "tanh")
+    x, weight, b = make_inputs(0, 4, 3, seed=2)
+    yield (x, weight, b, "sigmoid")
+
+
+@pytest.mark.parametrize(
+    "args", list(forward_samples()), ids=lambda a: f"{a[3]}-{a[0].dtype}-{a[0].shape[0]}"
+)
+def test_opcheck_encode_forward(args):
+    torch.library.opcheck(torch.ops.fastcae.encode_forward.default, args)
+
+
+@pytest.mark.parametrize("mask", [[True, True, True], [False, True, False], [True, False, False]])
+@pytest.mark.parametrize("grads", ["both", "code", "penalty"])
+def test_opcheck_encode_backward(mask, grads):
+    x, weight, bias = make_inputs(5, 6, 4, seed=9)
+    code, _, row_norms_sq = torch.ops.fastcae.encode_forward(x, weight, bias, "softplus")
+    grad_code = torch.randn_like(code) if grads != "penalty" else None
+    grad_penalty = torch.randn(5) if grads != "code" else None
+    torch.library.opcheck(
+        torch.ops.fastcae.encode_backward.default,
+        (grad_code, grad_penalty, x, weight, code, row_norms_sq, "softplus", mask),
+    )
+
+
+def test_extension_reports_its_build():
+    from fastcae import _C
+
+    assert isinstance(_C.built_with_cuda(), bool)
+    assert _C.cpu_kernel_isa()
+    assert _C.cuda_archs() == "" or _C.built_with_cuda()
+
+
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_outputs_and_gradients_are_bitwise_deterministic(activation):
+    x, weight, bias = make_inputs(300, 70, 90, seed=4)
+
+    def run():
+        inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        h, p = fastcae.encode(*inputs, activation=activation, backend="cpu")
+        (h.sum(dim=1) * 0.3 + p).sum().backward()
+        return [h.detach(), p.detach(), *(t.grad for t in inputs)]
+
+    first, second = run(), run()
+    for a, b in zip(first, second, strict=False):
+        assert torch.equal(a, b)
+
+
+def test_results_do_not_depend_on_thread_count():
+    x, weight, bias = make_inputs(301, 40, 50, seed=8)
+    threads = torch.get_num_threads()
+
+    def run():
+        inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        h, p = fastcae.encode(*inputs, backend="cpu")
+        p.sum().backward()
+        return [h.detach(), p.detach(), inputs[2].grad]
+
+    try:
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(single, run(), strict=False):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_compile_matches_eager_without_graph_breaks():
+    x, weight, bias = make_inputs(16, 12, 10, seed=1)
+
+    def loss_fn(x, weight, bias):
+        h, p = fastcae.encode(x, weight, bias, backend="cpu")
+        return (h.pow(2).sum(dim=1) + 0.1 * p).mean()
+
+    explanation = torch._dynamo.explain(loss_fn)(x, weight, bias)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    eager_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    compiled_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    eager = loss_fn(*eager_inputs)
+    eager.backward()
+    result = compiled(*compiled_inputs)
+    result.backward()
+    torch.testing.assert_close(result, eager)
+    for a, b in zip(compiled_inputs, eager_inputs, strict=False):
+        torch.testing.assert_close(a.grad, b.grad)
