@@ -1,0 +1,120 @@
+"""Correctness gate, peak memory and device naming for the benchmark suite."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import re
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from benchmarks.cases import Problem, encoder_floor, plain_autoencoder_step, synchronize, train_step
+from fastcae.ops.reference import encode_torch
+
+# Relative error allowed by the gate before a method is timed (norm-wise:
+# max |error| / max |reference|). The test suite holds the kernels to 1e-5 in
+# float32; the gate only has to tell a correct method from a wrong one, and
+# the naive baselines accumulate a (B, H, D) tensor in float32.
+GATE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 3e-2, torch.float16: 3e-2}
+
+
+def gate_tolerance(dtype: torch.dtype, device: torch.device) -> float:
+    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return 2e-3
+    return GATE[dtype]
+
+
+def reference_result(problem: Problem, mode: str, floor: bool) -> tuple[Tensor | None, ...]:
+    """What a method must return, from the float64 closed form."""
+    wide = problem.in_float64()
+    if mode == "forward":
+        if floor:
+            return encoder_floor(wide)
+        with torch.no_grad():
+            return encode_torch(wide.x, wide.weight, wide.bias, "sigmoid")
+    if floor:
+        return plain_autoencoder_step(wide)
+    return train_step(wide, lambda x, w, b: encode_torch(x, w, b, "sigmoid"))
+
+
+def relative_error(result: tuple, expected: tuple) -> float:
+    """The worst norm-wise relative error over the returned tensors (NaN -> inf)."""
+    worst = 0.0
+    for got, want in zip(result, expected, strict=True):
+        if want is None:
+            continue
+        got = got.detach().to(torch.float64)
+        want = want.detach().to(torch.float64)
+        if got.shape != want.shape or not torch.isfinite(got).all():
+            return float("inf")
+        scale = want.abs().max().item() if want.numel() else 0.0
+        error = (got - want).abs().max().item() if want.numel() else 0.0
+        worst = max(worst, error / max(scale, 1e-30))
+    return worst
+
+
+_libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_extra_memory(run: Callable[[], tuple], device: torch.device) -> int | None:
+    """Bytes allocated at the peak of one call beyond what was live before it.
+
+    CUDA: the caching allocator's peak statistic. CPU (Linux): the process's
+    peak RSS, reset just before the call, after free heap pages are handed
+    back to the OS (malloc_trim), so reused memory is counted when touched.
+    None where neither is available.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = run()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        del result
+        return peak
+    if _libc is None:
+        return None
+    try:
+        _libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current RSS
+        before = _proc_status("VmRSS")
+        result = run()
+        peak = _proc_status("VmHWM") - before
+    except OSError:
+        return None
+    del result
+    return max(peak, 0)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def device_slug(device: torch.device) -> str:
+    """A file-name-safe form of device_name, e.g. 'nvidia-h100-80gb-hbm3'."""
+    name = re.sub(r"\((r|tm)\)", "", device_name(device).lower())
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
