@@ -366,7 +366,10 @@ def naive_budget_skip(
         copies = 3 if mode == "forward" else 8
         needed = shape.batch * shape.hidden * shape.in_features * element_size * copies
         if needed > memory_budget:
-            return f"needs ~{needed / 2**30:.1f} GiB for the (B, H, D) Jacobian, budget {memory_budget / 2**30:.1f} GiB"
+            return (
+                f"needs ~{needed / 2**30:.1f} GiB for the (B, H, D) Jacobian, "
+                f"budget {memory_budget / 2**30:.1f} GiB"
+            )
     probe_batch = min(2, shape.batch)
     probe = Problem.make(Shape(probe_batch, shape.in_features, shape.hidden), problem.dtype, problem.device)
     run = method.build(probe, mode)
@@ -378,5 +381,8 @@ def naive_budget_skip(
     per_sample = (time.perf_counter() - start) / probe_batch
     predicted = 2 * per_sample * shape.batch
     if predicted > budget_s:
-        return f"predicted {predicted:.0f} s (probe on {probe_batch} samples) exceeds the {budget_s:.0f} s budget"
+        return (
+            f"predicted {predicted:.0f} s (probe on {probe_batch} samples) "
+            f"exceeds the {budget_s:.0f} s budget"
+        )
     return None

@@ -81,16 +81,12 @@ def table_rows(records: list[Record]) -> dict[tuple[str, str], list[list[str]]]:
         rows = []
         for shape in order[group]:
             results = shapes[shape]
-
-            def median(name: str) -> float | None:
-                record = results.get(name)
-                return record.median_s if record and record.status == "ok" else None
-
+            medians = {name: r.median_s for name, r in results.items() if r.status == "ok"}
             for name in METHOD_NAMES:
                 record = results.get(name)
                 if record is None:
                     continue
-                t = median(name)
+                t = medians.get(name)
                 note = record.note
                 if record.status == "wrong":
                     note = f"WRONG: relative error {record.error:.2g}. {note}".strip()
@@ -101,10 +97,10 @@ def table_rows(records: list[Record]) -> dict[tuple[str, str], list[list[str]]]:
                         shape,
                         name,
                         _format_time(t),
-                        _ratio(median("naive-loop"), t) if name != "naive-loop" else "",
-                        _ratio(median("naive-vmap"), t) if name != "naive-vmap" else "",
-                        _ratio(median("torch"), t) if name != "torch" else "",
-                        _ratio(t, median("encoder-only"), "") if name != "encoder-only" else "1",
+                        _ratio(medians.get("naive-loop"), t) if name != "naive-loop" else "",
+                        _ratio(medians.get("naive-vmap"), t) if name != "naive-vmap" else "",
+                        _ratio(medians.get("torch"), t) if name != "torch" else "",
+                        _ratio(t, medians.get("encoder-only"), "") if name != "encoder-only" else "1",
                         _format_bytes(record.peak_bytes) if record.status == "ok" else "—",
                         note,
                     ]

@@ -54,7 +54,8 @@ CASES = [
 
 def case_id(case) -> str:
     dtype, mode, shape, method = case
-    return f"{mode}-{str(dtype).removeprefix('torch.')}-{shape.batch}x{shape.in_features}x{shape.hidden}-{method.name}"
+    dims = f"{shape.batch}x{shape.in_features}x{shape.hidden}"
+    return f"{mode}-{str(dtype).removeprefix('torch.')}-{dims}-{method.name}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
@@ -119,6 +120,6 @@ def test_encoder(benchmark, request, case):
         record.note = f"first call {first_call:.2g} s (compile/warm-up), not timed"
     progress(
         request.config,
-        f"  {mode:7s} {record.dtype:8s} {shape.label:20s} {method.name:14s} median {record.median_s * 1e3:10.3f} ms"
-        f"  ({rounds} rounds, error {error:.1e})",
+        f"  {mode:7s} {record.dtype:8s} {shape.label:20s} {method.name:14s} "
+        f"median {record.median_s * 1e3:10.3f} ms  ({rounds} rounds, error {error:.1e})",
     )
