@@ -31,8 +31,8 @@ from benchmarks.report import Record
 
 DEVICE = bench_device()
 # Seconds of timed calls per benchmark (fewer rounds for slow methods).
-TARGET_SECONDS = float(os.environ.get("FASTCAE_BENCH_SECONDS", 0.02 if QUICK else 1.0))
-NAIVE_BUDGET_SECONDS = float(os.environ.get("FASTCAE_BENCH_NAIVE_BUDGET", 10 if QUICK else 40))
+TARGET_SECONDS = float(os.environ.get("FASTCAE_BENCH_SECONDS", 0.02 if QUICK else 0.5))
+NAIVE_BUDGET_SECONDS = float(os.environ.get("FASTCAE_BENCH_NAIVE_BUDGET", 10 if QUICK else 20))
 MAX_ROUNDS = 200
 
 

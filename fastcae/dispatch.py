@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ._validation import FLOATING_DTYPES, check_choice
 from .ops import extension
+from .ops import triton as triton_ops
 from .ops.reference import encode_naive, encode_torch
 
 EncodeFn = Callable[[Tensor, Tensor, "Tensor | None", str], "tuple[Tensor, Tensor]"]
@@ -84,12 +85,21 @@ BACKENDS: dict[str, Backend] = {
             frozenset(FLOATING_DTYPES),
             _cpu_unavailable_reason,
         ),
+        Backend(
+            "triton",
+            "fused Triton kernels: GEMM with the penalty in its epilogue; backward GEMMs recompute dz from h",
+            triton_ops.encode_triton,
+            triton_ops.device_types(),
+            triton_ops.dtypes(),
+            triton_ops.unavailable_reason,
+        ),
     )
 }
 
 # Preference of "auto" per device type, fastest first; "torch" runs anywhere.
 AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu", "torch"),
+    "cuda": ("triton", "torch"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -20,6 +21,9 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+DEVICES: list[str] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def available_backends(device: str = "cpu") -> list[str]:
     """Named backends that can run on ``device`` here."""
     device_type = torch.device(device).type
@@ -29,6 +33,12 @@ def available_backends(device: str = "cpu") -> list[str]:
         if backend.unavailable_reason() is None
         and (backend.device_types is None or device_type in backend.device_types)
     ]
+
+
+def skip_unless_supported(backend: str, dtype: torch.dtype) -> None:
+    """Skip a test for a dtype the backend does not take here (e.g. bfloat16 under the Triton interpreter)."""
+    if dtype not in BACKENDS[backend].dtypes:
+        pytest.skip(f"backend {backend!r} does not take {dtype} here")
 
 
 def make_inputs(
@@ -55,7 +65,7 @@ def make_inputs(
 
     def rand(*shape: int, multiplier: float = 1.0) -> Tensor:
         values = torch.randn(*shape, generator=gen, dtype=torch.float64) * multiplier
-        return values.to(dtype=dtype, device=device)  # rounded before any layout trick
+        return values.to(dtype=dtype).to(device)  # rounded on the CPU, before any layout trick
 
     if layout == "contiguous":
         x = rand(batch, in_features)

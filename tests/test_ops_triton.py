@@ -1,0 +1,111 @@
+"""The Triton backend beyond the shared grid: its custom ops, determinism,
+torch.compile, and the GPU-only dtypes. Runs under the Triton interpreter on a
+CPU-only machine and on the GPU where one is present."""
+
+import helpers
+import pytest
+import torch
+from helpers import assert_close, available_backends, make_inputs, reference
+
+import fastcae
+from fastcae.activations import ACTIVATION_NAMES
+
+DEVICES = [d for d in helpers.DEVICES if "triton" in available_backends(d)]
+pytestmark = pytest.mark.skipif(
+    not DEVICES, reason=f"triton backend unavailable: {fastcae.backends().get('triton')}"
+)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_outputs_and_gradients_are_bitwise_deterministic(device, activation):
+    x, weight, bias = make_inputs(40, 37, 50, device=device, seed=4)
+
+    def run():
+        inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        h, p = fastcae.encode(*inputs, activation=activation, backend="triton")
+        (h.sum(dim=1) * 0.3 + p).sum().backward()
+        return [h.detach(), p.detach(), *(t.grad for t in inputs)]
+
+    for a, b in zip(run(), run(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_custom_ops(device):
+    x, weight, bias = make_inputs(9, 17, 18, device=device, requires_grad=True, seed=6)
+    torch.library.opcheck(torch.ops.fastcae.triton_encode_forward.default, (x, weight, bias, "tanh"))
+    code, _, row_norms_sq = torch.ops.fastcae.triton_encode_forward(x.detach(), weight.detach(), None, "tanh")
+    grad_code = torch.randn_like(code)
+    grad_penalty = torch.randn(9, device=device)
+    torch.library.opcheck(
+        torch.ops.fastcae.triton_encode_backward.default,
+        (
+            grad_code,
+            grad_penalty,
+            x.detach(),
+            weight.detach(),
+            code,
+            row_norms_sq,
+            "tanh",
+            [True, True, False],
+        ),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_matches_eager_without_graph_breaks(device):
+    x, weight, bias = make_inputs(16, 12, 20, device=device, seed=1)
+
+    def loss_fn(x, weight, bias):
+        h, p = fastcae.encode(x, weight, bias, backend="triton")
+        return (h.pow(2).sum(dim=1) + 0.1 * p).mean()
+
+    explanation = torch._dynamo.explain(loss_fn)(x, weight, bias)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    eager_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    compiled_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    eager = loss_fn(*eager_inputs)
+    eager.backward()
+    result = compiled(*compiled_inputs)
+    result.backward()
+    torch.testing.assert_close(result, eager)
+    for a, b in zip(compiled_inputs, eager_inputs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="bfloat16/float16 Triton runs need a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (127, 300, 65), (300, 784, 1000)], ids=str)
+def test_half_precision_on_gpu(dtype, activation, shape):
+    x, weight, bias = make_inputs(*shape, dtype=dtype, device="cuda", seed=2, requires_grad=True)
+    h, p = fastcae.encode(x, weight, bias, activation=activation, backend="triton")
+    h_ref, p_ref = reference(x, weight, bias, activation)
+    assert p.dtype == torch.float32
+    assert_close(h, h_ref, dtype, what="code")
+    assert_close(p, p_ref, dtype, what="penalty")
+    (h.float().sum() + p.sum()).backward()
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    h64, p64 = fastcae.encode(*inputs64, activation=activation, backend="torch")
+    (h64.sum() + p64.sum()).backward()
+    for got, want in zip((x, weight, bias), inputs64, strict=True):
+        assert_close(got.grad, want.grad, dtype, what="gradient")
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="TF32 is a CUDA setting")
+def test_float32_follows_pytorch_matmul_precision():
+    x, weight, bias = make_inputs(256, 512, 384, device="cuda", seed=3)
+    _h_ref, p_ref = reference(x, weight, bias, "sigmoid")
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        _h_exact, p_exact = fastcae.encode(x, weight, bias, backend="triton")
+        assert_close(p_exact, p_ref, torch.float32, what="ieee penalty")
+        torch.set_float32_matmul_precision("high")
+        _h_tf32, p_tf32 = fastcae.encode(x, weight, bias, backend="triton")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    rel = ((p_tf32.double() - p_ref).abs().max() / p_ref.abs().max()).item()
+    assert rel <= 2e-3
