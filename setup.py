@@ -13,6 +13,7 @@ compiled against the torch already in the environment.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import sys
@@ -45,6 +46,22 @@ def find_cuda_home() -> str | None:
         if has_nvcc and has_cudart:
             return str(root)
     return None
+
+
+def library_headers_fallback(cuda_home: str) -> list[str]:
+    """Include folders of NVIDIA's pip packages (installed with torch) when the
+    toolkit lacks the library headers that torch's CUDA headers include
+    (cusparse.h, cublas_v2.h). Passed with -isystem, so the toolkit's own
+    headers, given with -I, always win."""
+    if (Path(cuda_home) / "include" / "cusparse.h").exists():
+        return []
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folders = []
+    for root in spec.submodule_search_locations:
+        folders += sorted(str(p) for p in Path(root).glob("*/include") if any(p.glob("cu*.h")))
+    return folders
 
 
 def cuda_requested() -> bool | None:
@@ -97,9 +114,13 @@ sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp")
 sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
 if with_cuda:
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
-    # Commas instead of ';' or spaces: the value travels through a shell command line.
+    # Commas instead of ';' or spaces: the value travels through a shell command
+    # line. Only the C++ compiler sees it: nvcc would split -D values at commas.
     archs = ",".join(os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(";", " ").split())
-    define_macros += [("WITH_CUDA", None), ("FASTCAE_CUDA_ARCHS", archs)]
+    define_macros.append(("WITH_CUDA", None))
+    cxx_flags.append(f"-DFASTCAE_CUDA_ARCHS={archs}")
+    for folder in library_headers_fallback(cuda_home):
+        nvcc_flags += ["-isystem", folder]
     extension_type = CUDAExtension
 else:
     extension_type = CppExtension

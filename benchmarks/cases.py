@@ -61,9 +61,12 @@ def shape_grid(device: torch.device) -> list[Shape]:
     if QUICK:
         return [Shape(8, 16, 12), Shape(33, 20, 17)]
     if device.type == "cuda":
+        # The targets: (4096, 784, 1024), (8192, 4096, 4096), and naive at (256, 784, 1024).
         return [
-            *_scan((4096, 784, 1024), batches=(256, 16384), in_features=(4096,), hiddens=(4096,)),
             Shape(256, 784, 1024),
+            Shape(4096, 784, 1024),
+            Shape(16384, 784, 1024),
+            Shape(4096, 4096, 4096),
             Shape(8192, 4096, 4096),
         ]
     return _scan((256, 784, 1024), batches=(64, 1024), in_features=(196, 3136), hiddens=(256, 4096))

@@ -86,6 +86,31 @@ void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
   }
 }
 
+EncodeBackwardResult finish_backward(const at::Tensor& grad_preact, const at::Tensor& unit_sums,
+                                     const at::Tensor& x, const at::Tensor& weight,
+                                     bool has_grad_penalty, std::array<bool, 3> output_mask) {
+  const auto [need_grad_x, need_grad_weight, need_grad_bias] = output_mask;
+  at::Tensor grad_x, grad_weight, grad_bias;
+  if (need_grad_x) {
+    grad_x = at::mm(grad_preact, weight);
+  }
+  if (need_grad_weight) {
+    if (has_grad_penalty) {
+      // The GEMM accumulates dzᵀ x into the scaled weight (beta = 1): one pass over W.
+      const at::Tensor row_scale = unit_sums[1].mul(2).to(weight.scalar_type());
+      grad_weight = at::empty(weight.sizes(), weight.options());
+      at::mul_out(grad_weight, weight, row_scale.unsqueeze(1));
+      grad_weight.addmm_(grad_preact.t(), x);
+    } else {
+      grad_weight = at::mm(grad_preact.t(), x);
+    }
+  }
+  if (need_grad_bias) {
+    grad_bias = unit_sums[0].to(x.scalar_type());
+  }
+  return {grad_x, grad_weight, grad_bias};
+}
+
 TORCH_LIBRARY(fastcae, m) {
   m.def(
       "encode_forward(Tensor x, Tensor weight, Tensor? bias, str activation) "

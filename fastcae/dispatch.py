@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import _autotune
 from ._validation import FLOATING_DTYPES, check_choice
 from .ops import extension
 from .ops import triton as triton_ops
@@ -58,6 +59,16 @@ def _cpu_unavailable_reason() -> str | None:
     return extension.LOAD_ERROR
 
 
+def _cuda_unavailable_reason() -> str | None:
+    if extension.LOAD_ERROR is not None:
+        return extension.LOAD_ERROR
+    if not extension.built_with_cuda():
+        return "fastcae._C was built without CUDA (rebuild with a CUDA toolkit, or FASTCAE_CUDA=1)"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
 BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
@@ -93,13 +104,23 @@ BACKENDS: dict[str, Backend] = {
             triton_ops.dtypes(),
             triton_ops.unavailable_reason,
         ),
+        Backend(
+            "cuda",
+            "fused CUDA C++ kernels: cuBLAS GEMM, then one fused pass per direction",
+            extension.encode_extension,
+            frozenset({"cuda"}),
+            frozenset(FLOATING_DTYPES),
+            _cuda_unavailable_reason,
+        ),
     )
 }
 
-# Preference of "auto" per device type, fastest first; "torch" runs anywhere.
+# Candidates of "auto" per device type, in order of preference. Where several
+# fused backends can run, the fastest is measured per problem kind
+# (fastcae/_autotune.py); "torch" is the fallback that runs anywhere.
 AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
-    "cpu": ("cpu", "torch"),
-    "cuda": ("triton", "torch"),
+    "cpu": ("cpu",),
+    "cuda": ("triton", "cuda"),
 }
 
 
@@ -112,8 +133,10 @@ def backends() -> dict[str, str | None]:
     return {name: backend.unavailable_reason() for name, backend in BACKENDS.items()}
 
 
-def resolve_backend(name: object, x: Tensor) -> Backend:
-    """The backend that will run for ``backend=name`` on inputs like ``x``.
+def resolve_backend(
+    name: object, x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "sigmoid"
+) -> Backend:
+    """The backend that will run for ``backend=name`` on these (validated) inputs.
 
     Raises:
         ValueError: unknown name, or a named backend that does not run on x's device.
@@ -122,11 +145,10 @@ def resolve_backend(name: object, x: Tensor) -> Backend:
     """
     check_choice("backend", name, ("auto", *BACKENDS))
     if name == "auto":
-        for candidate in AUTO_PREFERENCE.get(x.device.type, ()):
-            backend = BACKENDS[candidate]
-            if backend.supports(x):
-                return backend
-        return BACKENDS["torch"]
+        candidates = [BACKENDS[n] for n in AUTO_PREFERENCE.get(x.device.type, ()) if BACKENDS[n].supports(x)]
+        if not candidates:
+            return BACKENDS["torch"]
+        return _autotune.choose(candidates, x, weight, bias, activation)
     backend = BACKENDS[name]
     reason = backend.unavailable_reason()
     if reason is not None:

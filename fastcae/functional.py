@@ -63,7 +63,7 @@ def encode(
             backend that cannot run here or on x's device.
     """
     check_encoder_args(x, weight, bias, activation)
-    chosen = resolve_backend(backend, x)
+    chosen = resolve_backend(backend, x, weight, bias, activation)
     code, penalty = chosen.encode(x, weight, bias, activation)
     return EncoderOutput(code, penalty)
 

@@ -28,8 +28,11 @@ from .tuning import (
     INTERPRETED,
     forward_block_h,
     forward_configs,
+    forward_prune,
     grad_input_configs,
+    grad_input_prune,
     grad_weight_configs,
+    grad_weight_prune,
 )
 
 
@@ -48,7 +51,11 @@ def _grouped_tile(pid, rows, cols, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.cons
     return row_tile, col_tile
 
 
-@triton.autotune(configs=forward_configs(), key=["B", "D", "H", "ACTIVATION", "INPUT_PRECISION"])
+@triton.autotune(
+    configs=forward_configs(),
+    key=["B", "D", "H", "ACTIVATION", "INPUT_PRECISION"],
+    prune_configs_by={"early_config_prune": forward_prune},
+)
 @triton.heuristics({"BLOCK_H": lambda args: forward_block_h(args["H"])})
 @triton.jit
 def _encode_forward_kernel(
@@ -100,7 +107,11 @@ def _encode_forward_kernel(
         tl.store(row_norms_sq_ptr + offs_h, row_norms_sq, mask=mask_h)
 
 
-@triton.autotune(configs=grad_input_configs(), key=["B", "D", "H", "ACTIVATION", "INPUT_PRECISION"])
+@triton.autotune(
+    configs=grad_input_configs(),
+    key=["B", "D", "H", "ACTIVATION", "INPUT_PRECISION"],
+    prune_configs_by={"early_config_prune": grad_input_prune},
+)
 @triton.jit
 def _grad_input_kernel(
     grad_code_ptr, grad_penalty_ptr, code_ptr, row_norms_sq_ptr, weight_ptr, grad_x_ptr,
@@ -154,7 +165,11 @@ def _grad_input_kernel(
     )
 
 
-@triton.autotune(configs=grad_weight_configs(), key=["B", "D", "H", "ACTIVATION", "INPUT_PRECISION"])
+@triton.autotune(
+    configs=grad_weight_configs(),
+    key=["B", "D", "H", "ACTIVATION", "INPUT_PRECISION"],
+    prune_configs_by={"early_config_prune": grad_weight_prune},
+)
 @triton.jit
 def _grad_weight_kernel(
     grad_code_ptr, grad_penalty_ptr, code_ptr, row_norms_sq_ptr, x_ptr, weight_ptr,

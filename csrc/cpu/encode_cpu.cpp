@@ -169,7 +169,6 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
                                          std::array<bool, 3> output_mask) {
   check_backward_inputs(grad_code_opt, grad_penalty_opt, x, weight, code, row_norms_sq);
   const Activation activation = parse_activation(activation_name);
-  const auto [need_grad_x, need_grad_weight, need_grad_bias] = output_mask;
   const int64_t batch = x.size(0);
   const int64_t hidden = weight.size(0);
   const bool has_grad_code = grad_code_opt.has_value();
@@ -186,7 +185,7 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
   // Per-unit sums are reduced over the batch in fixed chunks of rows whose
   // size depends only on the batch size: the result is the same bitwise
   // whatever the thread count. partials[c] holds chunk c's (Σ dz, Σ g_p φ'²).
-  const int64_t chunk_rows = std::max<int64_t>(16, (batch + 255) / 256);
+  const int64_t chunk_rows = backward_chunk_rows(batch);
   const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
   at::Tensor partials = at::zeros({num_chunks, 2, hidden}, norms_c.options());
 
@@ -223,25 +222,7 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
 
   // Sum the chunks in order (a small (num_chunks, 2, H) tensor).
   const at::Tensor unit_sums = partials.sum(0);  // (2, H): Σ_b dz, Σ_b g_p φ'²
-  at::Tensor grad_x, grad_weight, grad_bias;
-  if (need_grad_x) {
-    grad_x = at::mm(grad_preact, weight);
-  }
-  if (need_grad_weight) {
-    if (has_grad_penalty) {
-      // dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x: the GEMM accumulates into the scaled weight.
-      const at::Tensor row_scale = unit_sums[1].mul(2).to(weight.scalar_type());
-      grad_weight = at::empty(weight.sizes(), weight.options());
-      at::mul_out(grad_weight, weight, row_scale.unsqueeze(1));
-      grad_weight.addmm_(grad_preact.t(), x);
-    } else {
-      grad_weight = at::mm(grad_preact.t(), x);
-    }
-  }
-  if (need_grad_bias) {
-    grad_bias = unit_sums[0].to(x.scalar_type());
-  }
-  return {grad_x, grad_weight, grad_bias};
+  return finish_backward(grad_preact, unit_sums, x, weight, has_grad_penalty, output_mask);
 }
 
 TORCH_LIBRARY_IMPL(fastcae, CPU, m) {

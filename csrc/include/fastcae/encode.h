@@ -17,6 +17,7 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <algorithm>
 #include <array>
 #include <tuple>
 #include <type_traits>
@@ -40,6 +41,21 @@ void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
                            const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& x,
                            const at::Tensor& weight, const at::Tensor& code,
                            const at::Tensor& row_norms_sq);
+
+// The rows of the backward pass are summed per fixed chunk of rows whose size
+// depends only on the batch size, so per-unit sums are bitwise reproducible
+// whatever the thread count or launch configuration.
+inline int64_t backward_chunk_rows(int64_t batch) {
+  return std::max<int64_t>(16, (batch + 255) / 256);
+}
+
+// What both devices do after their fused pass has produced dz (B, H) and the
+// per-unit sums (2, H) = (Σ_b dz, Σ_b g_p φ'²): dx = dz W and
+// dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x through ATen's GEMMs (MKL / cuBLAS,
+// honouring PyTorch's TF32 setting), db = Σ_b dz.
+EncodeBackwardResult finish_backward(const at::Tensor& grad_preact, const at::Tensor& unit_sums,
+                                     const at::Tensor& x, const at::Tensor& weight,
+                                     bool has_grad_penalty, std::array<bool, 3> output_mask);
 
 // Calls fn(std::integral_constant<Activation, A>{}) for the runtime value, so
 // kernels are compiled once per activation with the math inlined.

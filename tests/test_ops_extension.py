@@ -1,47 +1,55 @@
-"""The C++ ops as torch.library ops: opcheck, the extension's report of itself,
-determinism, and torch.compile."""
+"""The C++/CUDA ops as torch.library ops: opcheck, the extension's report of
+itself, determinism, and torch.compile. The "cpu" backend runs here always,
+the "cuda" backend where a GPU is present."""
 
 import pytest
 import torch
-from helpers import available_backends, make_inputs
+from helpers import DEVICES, available_backends, make_inputs
 
 import fastcae
 from fastcae.activations import ACTIVATION_NAMES
 
-pytestmark = pytest.mark.skipif("cpu" not in available_backends(), reason="fastcae._C is not built")
+# The extension's backend of each device: "cpu" on CPU tensors, "cuda" on CUDA tensors.
+TARGETS = [(device, device) for device in DEVICES if device in available_backends(device)]
+pytestmark = pytest.mark.skipif(not TARGETS, reason="fastcae._C is not built")
 
 
 def forward_samples():
-    for activation in ACTIVATION_NAMES:
-        for bias in (True, False):
-            x, weight, b = make_inputs(7, 9, 5, bias=bias, requires_grad=True, seed=len(activation))
-            yield (x, weight, b, activation)
-    x, weight, b = make_inputs(6, 4, 3, dtype=torch.bfloat16, seed=2)
-    yield (x, weight, b, "tanh")
-    x, weight, b = make_inputs(0, 4, 3, seed=2)
-    yield (x, weight, b, "sigmoid")
+    for device, _ in TARGETS:
+        for activation in ACTIVATION_NAMES:
+            for bias in (True, False):
+                x, weight, b = make_inputs(
+                    7, 9, 5, bias=bias, device=device, requires_grad=True, seed=len(activation)
+                )
+                yield (x, weight, b, activation)
+        x, weight, b = make_inputs(6, 4, 3, dtype=torch.bfloat16, device=device, seed=2)
+        yield (x, weight, b, "tanh")
+        x, weight, b = make_inputs(0, 4, 3, device=device, seed=2)
+        yield (x, weight, b, "sigmoid")
 
 
 @pytest.mark.parametrize(
-    "args", list(forward_samples()), ids=lambda a: f"{a[3]}-{a[0].dtype}-{a[0].shape[0]}"
+    "args", list(forward_samples()), ids=lambda a: f"{a[0].device.type}-{a[3]}-{a[0].dtype}-{a[0].shape[0]}"
 )
 def test_opcheck_encode_forward(args):
     torch.library.opcheck(torch.ops.fastcae.encode_forward.default, args)
 
 
+@pytest.mark.parametrize("device", [d for d, _ in TARGETS])
 @pytest.mark.parametrize("mask", [[True, True, True], [False, True, False], [True, False, False]])
 @pytest.mark.parametrize("grads", ["both", "code", "penalty"])
-def test_opcheck_encode_backward(mask, grads):
-    x, weight, bias = make_inputs(5, 6, 4, seed=9)
+def test_opcheck_encode_backward(device, mask, grads):
+    x, weight, bias = make_inputs(5, 6, 4, device=device, seed=9)
     code, _, row_norms_sq = torch.ops.fastcae.encode_forward(x, weight, bias, "softplus")
     grad_code = torch.randn_like(code) if grads != "penalty" else None
-    grad_penalty = torch.randn(5) if grads != "code" else None
+    grad_penalty = torch.randn(5, device=device) if grads != "code" else None
     torch.library.opcheck(
         torch.ops.fastcae.encode_backward.default,
         (grad_code, grad_penalty, x, weight, code, row_norms_sq, "softplus", mask),
     )
 
 
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
 def test_extension_reports_its_build():
     from fastcae import _C
 
@@ -50,13 +58,14 @@ def test_extension_reports_its_build():
     assert _C.cuda_archs() == "" or _C.built_with_cuda()
 
 
+@pytest.mark.parametrize(("device", "backend"), TARGETS)
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
-def test_outputs_and_gradients_are_bitwise_deterministic(activation):
-    x, weight, bias = make_inputs(300, 70, 90, seed=4)
+def test_outputs_and_gradients_are_bitwise_deterministic(device, backend, activation):
+    x, weight, bias = make_inputs(300, 70, 90, device=device, seed=4)
 
     def run():
         inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
-        h, p = fastcae.encode(*inputs, activation=activation, backend="cpu")
+        h, p = fastcae.encode(*inputs, activation=activation, backend=backend)
         (h.sum(dim=1) * 0.3 + p).sum().backward()
         return [h.detach(), p.detach(), *(t.grad for t in inputs)]
 
@@ -65,6 +74,7 @@ def test_outputs_and_gradients_are_bitwise_deterministic(activation):
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
 def test_results_do_not_depend_on_thread_count():
     x, weight, bias = make_inputs(301, 40, 50, seed=8)
     threads = torch.get_num_threads()
@@ -84,16 +94,18 @@ def test_results_do_not_depend_on_thread_count():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_torch_compile_matches_eager_without_graph_breaks():
-    x, weight, bias = make_inputs(16, 12, 10, seed=1)
+@pytest.mark.parametrize(("device", "backend"), TARGETS)
+def test_torch_compile_matches_eager_without_graph_breaks(device, backend):
+    x, weight, bias = make_inputs(16, 12, 10, device=device, seed=1)
 
     def loss_fn(x, weight, bias):
-        h, p = fastcae.encode(x, weight, bias, backend="cpu")
+        h, p = fastcae.encode(x, weight, bias, backend=backend)
         return (h.pow(2).sum(dim=1) + 0.1 * p).mean()
 
     explanation = torch._dynamo.explain(loss_fn)(x, weight, bias)
     assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    # aot_eager on CPU (no C++ toolchain needed); Inductor where a GPU is present.
+    compiled = torch.compile(loss_fn, backend="aot_eager" if device == "cpu" else "inductor", fullgraph=True)
     eager_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
     compiled_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
     eager = loss_fn(*eager_inputs)

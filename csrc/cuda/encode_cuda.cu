@@ -1,0 +1,224 @@
+// Fused CUDA kernels of the contractive encoder.
+//
+// The GEMMs go through cuBLAS (at::addmm / at::mm, honouring PyTorch's TF32
+// setting); everything else is one kernel per direction:
+//
+// Forward:  row_norms_sq_kernel   ‖W_j‖², one warp per row of W;
+//           z = addmm(b, x, Wᵀ)    cuBLAS;
+//           activate_kernel       one warp per row of z: overwrites z with h and
+//                                 reduces Σ_j φ'(z_bj)² ‖W_j‖² by warp shuffles
+//                                 (fixed order, no atomics).
+// Backward: grad_preact_kernel    one thread per hidden unit and chunk of rows:
+//                                 writes dz (the one B×H temporary) and the
+//                                 chunk's Σ_b dz and Σ_b g_p φ'² per unit;
+//           the chunk sums are added in order, then dx = dz W and
+//           dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x (finish_backward, shared with the CPU).
+//
+// Indexing is int64 throughout; launches are on PyTorch's current stream and
+// checked. The per-element math is cae_math.h, shared with the CPU kernels.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include "fastcae/cae_math.h"
+#include "fastcae/encode.h"
+
+namespace fastcae {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = 4;
+constexpr int kUnitsPerBlock = 256;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Sum over the 32 lanes of a warp in a fixed butterfly order (deterministic).
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t value) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    value += __shfl_xor_sync(kFullMask, value, offset);
+  }
+  return value;
+}
+
+// norms[j] = ‖W_j‖² for a contiguous (rows, cols) W: one warp per row.
+template <typename scalar_t, typename acc_t>
+__global__ void row_norms_sq_kernel(const scalar_t* __restrict__ weight, acc_t* __restrict__ norms,
+                                    int64_t rows, int64_t cols) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= rows) return;  // whole warps exit together
+  const scalar_t* values = weight + row * cols;
+  acc_t sum = 0;
+  for (int64_t k = lane; k < cols; k += kWarpSize) {
+    const acc_t w = static_cast<acc_t>(values[k]);
+    sum += w * w;
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) norms[row] = sum;
+}
+
+// Turns one row of z (B, H) per warp into h in place and writes its penalty.
+template <Activation A, typename scalar_t, typename acc_t>
+__global__ void activate_kernel(scalar_t* __restrict__ code, const acc_t* __restrict__ row_norms_sq,
+                                acc_t* __restrict__ penalty, int64_t batch, int64_t hidden) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= batch) return;
+  scalar_t* code_row = code + row * hidden;
+  acc_t sum = 0;
+  for (int64_t j = lane; j < hidden; j += kWarpSize) {
+    const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
+    code_row[j] = static_cast<scalar_t>(value.code);
+    sum += penalty_term(value.dphi, row_norms_sq[j]);
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) penalty[row] = sum;
+}
+
+// dz for a chunk of rows and kUnitsPerBlock hidden units (one per thread, so
+// loads and stores are coalesced along H), plus the chunk's per-unit sums
+// partials[chunk] = (Σ dz, Σ g_p φ'²).
+template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
+__global__ void grad_preact_kernel(const scalar_t* __restrict__ grad_code,
+                                   const acc_t* __restrict__ grad_penalty, int64_t grad_penalty_stride,
+                                   const scalar_t* __restrict__ code,
+                                   const acc_t* __restrict__ row_norms_sq,
+                                   scalar_t* __restrict__ grad_preact, acc_t* __restrict__ partials,
+                                   int64_t batch, int64_t hidden, int64_t chunk_rows) {
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kUnitsPerBlock + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  if (unit >= hidden) return;
+  const acc_t norm = row_norms_sq[unit];
+  const int64_t row_end = min(batch, (chunk + 1) * chunk_rows);
+  acc_t grad_bias_sum = 0;
+  acc_t row_scale_sum = 0;
+  for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
+    const int64_t index = row * hidden + unit;
+    const acc_t h = static_cast<acc_t>(code[index]);
+    const acc_t dphi = ActivationMath<A>::dphi(h);
+    const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[index]) : acc_t(0);
+    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[row * grad_penalty_stride] : acc_t(0);
+    const acc_t value = grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, dphi, norm);
+    grad_preact[index] = static_cast<scalar_t>(value);
+    grad_bias_sum += value;
+    row_scale_sum += grad_penalty_b * dphi * dphi;
+  }
+  partials[(chunk * 2) * hidden + unit] = grad_bias_sum;
+  partials[(chunk * 2 + 1) * hidden + unit] = row_scale_sum;
+}
+
+int64_t blocks_for(int64_t items, int64_t per_block) { return (items + per_block - 1) / per_block; }
+
+at::Tensor row_norms_sq_cuda(const at::Tensor& weight) {
+  const at::Tensor weight_c = weight.contiguous();
+  const int64_t hidden = weight_c.size(0);
+  const int64_t in_features = weight_c.size(1);
+  at::Tensor norms = at::empty({hidden}, weight.options().dtype(at::toOpMathType(weight.scalar_type())));
+  if (hidden == 0) return norms;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "row_norms_sq_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    row_norms_sq_kernel<scalar_t, acc_t>
+        <<<blocks_for(hidden, kWarpsPerBlock), kWarpsPerBlock * kWarpSize, 0, at::cuda::getCurrentCUDAStream()>>>(
+            weight_c.const_data_ptr<scalar_t>(), norms.mutable_data_ptr<acc_t>(), hidden, in_features);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return norms;
+}
+
+}  // namespace
+
+EncodeForwardResult encode_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                        const c10::optional<at::Tensor>& bias,
+                                        c10::string_view activation_name) {
+  check_forward_inputs(x, weight, bias);
+  const Activation activation = parse_activation(activation_name);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t batch = x.size(0);
+  const int64_t hidden = weight.size(0);
+
+  at::Tensor row_norms_sq = row_norms_sq_cuda(weight);
+  at::Tensor code = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  TORCH_INTERNAL_ASSERT(code.is_contiguous());
+  at::Tensor penalty = at::empty({batch}, row_norms_sq.options());
+  if (batch == 0) return {code, penalty, row_norms_sq};
+  if (hidden == 0) return {code, penalty.zero_(), row_norms_sq};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      activate_kernel<A, scalar_t, acc_t>
+          <<<blocks_for(batch, kWarpsPerBlock), kWarpsPerBlock * kWarpSize, 0, at::cuda::getCurrentCUDAStream()>>>(
+              code.mutable_data_ptr<scalar_t>(), row_norms_sq.const_data_ptr<acc_t>(),
+              penalty.mutable_data_ptr<acc_t>(), batch, hidden);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {code, penalty, row_norms_sq};
+}
+
+EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_code_opt,
+                                          const c10::optional<at::Tensor>& grad_penalty_opt,
+                                          const at::Tensor& x, const at::Tensor& weight,
+                                          const at::Tensor& code, const at::Tensor& row_norms_sq,
+                                          c10::string_view activation_name,
+                                          std::array<bool, 3> output_mask) {
+  check_backward_inputs(grad_code_opt, grad_penalty_opt, x, weight, code, row_norms_sq);
+  const Activation activation = parse_activation(activation_name);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t batch = x.size(0);
+  const int64_t hidden = weight.size(0);
+  const bool has_grad_code = grad_code_opt.has_value();
+  const bool has_grad_penalty = grad_penalty_opt.has_value();
+
+  const at::Tensor code_c = code.contiguous();
+  const at::Tensor norms_c = row_norms_sq.contiguous();
+  const at::Tensor grad_code = has_grad_code ? grad_code_opt->contiguous() : at::Tensor();
+  const at::Tensor grad_penalty = has_grad_penalty ? *grad_penalty_opt : at::Tensor();
+
+  at::Tensor grad_preact = at::empty_like(code_c);
+  const int64_t chunk_rows = backward_chunk_rows(batch);
+  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
+  at::Tensor partials = at::zeros({num_chunks, 2, hidden}, norms_c.options());
+
+  if (batch > 0 && hidden > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const dim3 grid(blocks_for(hidden, kUnitsPerBlock), num_chunks);
+      const acc_t* grad_penalty_data = has_grad_penalty ? grad_penalty.const_data_ptr<acc_t>() : nullptr;
+      const int64_t grad_penalty_stride = has_grad_penalty ? grad_penalty.stride(0) : 0;
+      dispatch_activation(activation, [&](auto act) {
+        constexpr Activation A = decltype(act)::value;
+        auto launch = [&](auto has_grad_code_tag) {
+          constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
+          grad_preact_kernel<A, kHasGradCode, scalar_t, acc_t>
+              <<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  kHasGradCode ? grad_code.const_data_ptr<scalar_t>() : nullptr, grad_penalty_data,
+                  grad_penalty_stride, code_c.const_data_ptr<scalar_t>(), norms_c.const_data_ptr<acc_t>(),
+                  grad_preact.mutable_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), batch,
+                  hidden, chunk_rows);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        };
+        if (has_grad_code) {
+          launch(std::true_type{});
+        } else {
+          launch(std::false_type{});
+        }
+      });
+    });
+  }
+  const at::Tensor unit_sums = partials.sum(0);  // (2, H); ATen reductions are deterministic
+  return finish_backward(grad_preact, unit_sums, x, weight, has_grad_penalty, output_mask);
+}
+
+TORCH_LIBRARY_IMPL(fastcae, CUDA, m) {
+  m.impl("encode_forward", &encode_forward_cuda);
+  m.impl("encode_backward", &encode_backward_cuda);
+}
+
+}  // namespace fastcae
