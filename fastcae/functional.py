@@ -12,12 +12,17 @@ differentiate them with hand-written backward kernels.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._validation import check_encoder_args, check_reduction
+from .activations import ACTIVATIONS
 from .dispatch import resolve_backend
+from .ops.reference import penalty_dtype
 
 
 class EncoderOutput(NamedTuple):
@@ -93,9 +98,66 @@ def penalty(
     """
     check_reduction(reduction)
     per_sample = encode(x, weight, bias, activation=activation, backend=backend).penalty
+    return _reduce(per_sample, reduction)
+
+
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    """ "none" (B,), "sum", or "mean" over the batch (0 for an empty batch)."""
     if reduction == "none":
         return per_sample
     total = per_sample.sum()
     if reduction == "sum":
         return total
     return total / max(per_sample.shape[0], 1)
+
+
+def penalty_hessian(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    activation: str = "sigmoid",
+    sigma: float = 0.1,
+    n_samples: int = 4,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """The CAE+H penalty: a stochastic estimate of how fast the Jacobian changes around x.
+
+    Rifai et al. (ECML 2011) penalize E_ε ‖J(x) − J(x + ε)‖²_F with ε ~ N(0, σ² I).
+    For one encoder layer J(x) = diag(φ'(z)) W and the noisy pre-activation is
+    z̃ = z + ε Wᵀ, so no Jacobian is formed:
+
+        p^H_b = (1/n) Σ_s Σ_j (φ'(z_bj) − φ'(z̃_sbj))² ‖W_j‖²
+
+    Args:
+        x, weight, bias, activation: as in :func:`encode`.
+        sigma: standard deviation σ ≥ 0 of the input corruption.
+        n_samples: number n ≥ 1 of corrupted copies per sample.
+        generator: a torch.Generator on x's device, for reproducible noise.
+        reduction: "none" (B,), "sum", or "mean" over the batch.
+
+    Returns:
+        The estimate, float32 (float64 for float64 inputs), differentiable with
+        respect to x, weight and bias. Memory: one (n, B, H) pre-activation.
+    """
+    check_encoder_args(x, weight, bias, activation)
+    check_reduction(reduction)
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma >= 0:
+        raise ValueError(f"sigma must be a non-negative number, got {sigma!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
+    act = ACTIVATIONS[activation]
+    compute_dtype = penalty_dtype(x.dtype)
+    noise = torch.randn(
+        (n_samples, *x.shape), generator=generator, device=x.device, dtype=compute_dtype
+    ).mul_(float(sigma))
+    weight_c = weight.to(compute_dtype)
+    preact = F.linear(x, weight, bias).to(compute_dtype)  # (B, H)
+    noisy_preact = preact + noise @ weight_c.t()  # (n, B, H): (x + ε) Wᵀ + b by linearity
+    slope_gap = act.slope(preact) - act.slope(noisy_preact)
+    row_norms_sq = weight_c.pow(2).sum(dim=1)
+    per_sample = slope_gap.pow(2).mean(dim=0) @ row_norms_sq
+    return _reduce(per_sample, reduction)

@@ -1,0 +1,383 @@
+"""Contractive autoencoder modules on top of the fused penalty.
+
+- :class:`ContractiveEncoder`: one encoder layer h = φ(x Wᵀ + b) returning the
+  code and the per-sample penalty ‖∂h/∂x‖²_F, for users who put a contractive
+  penalty on their own models.
+- :class:`ContractiveAutoencoder`: encoder plus a decoder r = ψ(h W + c) whose
+  weight is the encoder's, transposed (tied) by default. An untied decoder lets
+  the encoder shrink its weights by ε while the decoder scales up by 1/ε: the
+  penalty goes to 0 and nothing is learned, so untying is opt-in.
+- :class:`StackedContractiveAutoencoder`: CAEs trained greedily layer by layer
+  (each reconstructs the code of the one below and is contractive on its own),
+  then optionally fine-tuned jointly.
+
+Losses follow the CAE papers: the reconstruction error is summed over features
+and averaged over the batch, and the penalties are averaged over the batch:
+
+    loss = mean_b [ L(x_b, r_b) ] + λ mean_b ‖J(x_b)‖²_F (+ γ mean_b E‖J(x_b) − J(x_b + ε)‖²_F)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._validation import check_choice
+from .activations import ACTIVATION_NAMES
+from .functional import encode, penalty_hessian
+
+DECODER_ACTIVATIONS: tuple[str, ...] = ("sigmoid", "identity")
+
+
+class AutoencoderOutput(NamedTuple):
+    """reconstruction (B, D), code (B, H), per-sample penalty (B,)."""
+
+    reconstruction: Tensor
+    code: Tensor
+    penalty: Tensor
+
+
+class AutoencoderLoss(NamedTuple):
+    """The total loss and its parts (scalars), for the optimizer and for logging."""
+
+    total: Tensor
+    reconstruction: Tensor
+    contractive: Tensor
+    hessian: Tensor
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_non_negative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class ContractiveEncoder(nn.Module):
+    """One encoder layer h = φ(x Wᵀ + b) with its contractive penalty.
+
+    Args:
+        in_features: D.
+        hidden_features: H.
+        activation: φ, one of fastcae.ACTIVATION_NAMES.
+        bias: whether the layer has a bias b (H,).
+        backend: passed to :func:`fastcae.encode` ("auto" picks the fastest).
+
+    Shapes: ``forward(x)`` takes x (B, D) and returns
+    ``EncoderOutput(code (B, H), penalty (B,))``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        activation: str = "sigmoid",
+        bias: bool = True,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = _check_positive_int("in_features", in_features)
+        self.hidden_features = _check_positive_int("hidden_features", hidden_features)
+        self.activation = check_choice("activation", activation, ACTIVATION_NAMES)
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(hidden_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(hidden_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weight (the CAE papers' choice), zero bias."""
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor):
+        return encode(x, self.weight, self.bias, activation=self.activation, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, hidden_features={self.hidden_features}, "
+            f"activation={self.activation!r}, bias={self.bias is not None}, backend={self.backend!r}"
+        )
+
+
+class ContractiveAutoencoder(nn.Module):
+    """A contractive autoencoder: h = φ(x Wᵀ + b), r = ψ(h W' + c), W' = W by default.
+
+    Args:
+        in_features: D.
+        hidden_features: H.
+        activation: encoder activation φ.
+        decoder_activation: ψ, "sigmoid" (binary cross-entropy, inputs in [0, 1])
+            or "identity" (squared error).
+        tied: decode with the encoder's weight (True, the CAE of Rifai et al.)
+            or with a separate (H, D) weight.
+        contractive_weight: λ, the weight of the mean penalty ‖∂h/∂x‖²_F.
+        hessian_weight: γ of the CAE+H term E‖J(x) − J(x + ε)‖²_F (0 turns it off).
+        hessian_sigma, hessian_samples: σ and the number of corrupted copies of CAE+H.
+        backend: passed to :func:`fastcae.encode`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        activation: str = "sigmoid",
+        decoder_activation: str = "sigmoid",
+        tied: bool = True,
+        contractive_weight: float = 0.1,
+        hessian_weight: float = 0.0,
+        hessian_sigma: float = 0.1,
+        hessian_samples: int = 4,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.encoder = ContractiveEncoder(
+            in_features, hidden_features, activation=activation, backend=backend, **factory
+        )
+        self.decoder_activation = check_choice("decoder_activation", decoder_activation, DECODER_ACTIVATIONS)
+        self.tied = bool(tied)
+        self.contractive_weight = _check_non_negative("contractive_weight", contractive_weight)
+        self.hessian_weight = _check_non_negative("hessian_weight", hessian_weight)
+        self.hessian_sigma = _check_non_negative("hessian_sigma", hessian_sigma)
+        self.hessian_samples = _check_positive_int("hessian_samples", hessian_samples)
+        self.decoder_weight = (
+            None if tied else nn.Parameter(torch.empty(hidden_features, in_features, **factory))
+        )
+        self.decoder_bias = nn.Parameter(torch.zeros(in_features, **factory))
+        if self.decoder_weight is not None:
+            nn.init.xavier_uniform_(self.decoder_weight)
+
+    @property
+    def in_features(self) -> int:
+        return self.encoder.in_features
+
+    @property
+    def hidden_features(self) -> int:
+        return self.encoder.hidden_features
+
+    def decoder_logits(self, code: Tensor) -> Tensor:
+        """h W' + c (B, D), before ψ."""
+        weight = self.encoder.weight if self.decoder_weight is None else self.decoder_weight
+        return torch.addmm(self.decoder_bias, code, weight)
+
+    def decode(self, code: Tensor) -> Tensor:
+        """r = ψ(h W' + c), (B, H) -> (B, D)."""
+        logits = self.decoder_logits(code)
+        return torch.sigmoid(logits) if self.decoder_activation == "sigmoid" else logits
+
+    def forward(self, x: Tensor) -> AutoencoderOutput:
+        code, penalty = self.encoder(x)
+        return AutoencoderOutput(self.decode(code), code, penalty)
+
+    def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Per-sample reconstruction error summed over features (B,), from the decoder's logits:
+        binary cross-entropy for a sigmoid decoder (computed from logits, which is stable),
+        squared error for an identity decoder."""
+        if self.decoder_activation == "sigmoid":
+            errors = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
+        else:
+            errors = (logits - x).pow(2)
+        return errors.sum(dim=1)
+
+    def loss(self, x: Tensor, *, generator: torch.Generator | None = None) -> AutoencoderLoss:
+        """Reconstruction error + λ·mean penalty (+ γ·mean CAE+H term), with the parts.
+
+        ``generator`` seeds the CAE+H noise (on x's device) for reproducible runs.
+        """
+        code, penalty = self.encoder(x)
+        reconstruction = self.reconstruction_error(self.decoder_logits(code), x).mean()
+        contractive = penalty.mean()
+        total = reconstruction + self.contractive_weight * contractive
+        if self.hessian_weight > 0:
+            hessian = penalty_hessian(
+                x,
+                self.encoder.weight,
+                self.encoder.bias,
+                activation=self.encoder.activation,
+                sigma=self.hessian_sigma,
+                n_samples=self.hessian_samples,
+                generator=generator,
+            )
+            total = total + self.hessian_weight * hessian
+        else:
+            hessian = total.new_zeros(())
+        return AutoencoderLoss(total, reconstruction.detach(), contractive.detach(), hessian.detach())
+
+    def extra_repr(self) -> str:
+        return (
+            f"decoder_activation={self.decoder_activation!r}, tied={self.tied}, "
+            f"contractive_weight={self.contractive_weight}, hessian_weight={self.hessian_weight}"
+        )
+
+
+Batches = Callable[[], Iterable[Tensor]]
+
+
+class StackedContractiveAutoencoder(nn.Module):
+    """A stack of CAEs, sizes = [D, H1, H2, ...], trained greedily then jointly.
+
+    Layer i is a :class:`ContractiveAutoencoder` (sizes[i] -> sizes[i+1]). The
+    first layer decodes with ``decoder_activation``; the layers above
+    reconstruct codes, which lie in [0, 1] for sigmoid encoders (binary
+    cross-entropy) and are unbounded otherwise (squared error).
+
+    Args:
+        sizes: [D, H1, H2, ...], at least two entries.
+        activation, contractive_weight, tied, backend: as in :class:`ContractiveAutoencoder`,
+            shared by every layer.
+        decoder_activation: ψ of the first layer.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        *,
+        activation: str = "sigmoid",
+        decoder_activation: str = "sigmoid",
+        contractive_weight: float = 0.1,
+        tied: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must list at least the input and one hidden size, got {sizes!r}")
+        inner_decoder = "sigmoid" if activation == "sigmoid" else "identity"
+        self.layers = nn.ModuleList(
+            ContractiveAutoencoder(
+                sizes[i],
+                sizes[i + 1],
+                activation=activation,
+                decoder_activation=decoder_activation if i == 0 else inner_decoder,
+                tied=tied,
+                contractive_weight=contractive_weight,
+                backend=backend,
+            )
+            for i in range(len(sizes) - 1)
+        )
+
+    def encode(self, x: Tensor, depth: int | None = None) -> Tensor:
+        """The code of layer ``depth`` (default: the top), (B, D) -> (B, sizes[depth])."""
+        for layer in self.layers[: len(self.layers) if depth is None else depth]:
+            x = layer.encoder(x).code
+        return x
+
+    def forward(self, x: Tensor) -> AutoencoderOutput:
+        """Encode through every layer and decode back down; penalty is the sum of the layers' penalties."""
+        code, penalty = (
+            x,
+            x.new_zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32),
+        )
+        for layer in self.layers:
+            code, layer_penalty = layer.encoder(code)
+            penalty = penalty + layer_penalty
+        reconstruction = code
+        for layer in reversed(self.layers):
+            reconstruction = layer.decode(reconstruction)
+        return AutoencoderOutput(reconstruction, code, penalty)
+
+    def loss(self, x: Tensor) -> AutoencoderLoss:
+        """Joint fine-tuning loss: input reconstruction error through the whole
+        stack + Σ_i λ_i mean penalty of layer i."""
+        code = x
+        contractive_terms = []
+        for layer in self.layers:
+            code, layer_penalty = layer.encoder(code)
+            contractive_terms.append(layer.contractive_weight * layer_penalty.mean())
+        for layer in list(reversed(self.layers))[:-1]:
+            code = layer.decode(code)
+        first = self.layers[0]
+        reconstruction = first.reconstruction_error(first.decoder_logits(code), x).mean()
+        contractive = torch.stack(contractive_terms).sum()
+        total = reconstruction + contractive
+        return AutoencoderLoss(total, reconstruction.detach(), contractive.detach(), total.new_zeros(()))
+
+    def pretrain(
+        self,
+        batches: Batches,
+        *,
+        epochs: int = 10,
+        lr: float = 1e-3,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+        on_epoch: Callable[[int, int, float], None] | None = None,
+    ) -> list[list[float]]:
+        """Greedy layer-wise training: layer i learns to reconstruct the code of
+        the (frozen) layers below it, with its own contractive penalty.
+
+        Args:
+            batches: returns a fresh iterable of input batches (B, D) per epoch.
+            epochs: epochs per layer.
+            on_epoch: called as on_epoch(layer, epoch, mean_loss), e.g. for progress output.
+
+        Returns:
+            The mean loss of every epoch, per layer.
+        """
+        history = []
+        for depth, layer in enumerate(self.layers):
+            opt = optimizer(layer.parameters(), lr=lr)
+            losses = []
+            for epoch in range(epochs):
+                total, count = 0.0, 0
+                for x in batches():
+                    with torch.no_grad():
+                        inputs = self.encode(x, depth)
+                    loss = layer.loss(inputs).total
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total, count = total + loss.item(), count + 1
+                losses.append(total / max(count, 1))
+                if on_epoch is not None:
+                    on_epoch(depth, epoch, losses[-1])
+            history.append(losses)
+        return history
+
+    def fine_tune(
+        self,
+        batches: Batches,
+        *,
+        epochs: int = 10,
+        lr: float = 1e-4,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> list[float]:
+        """Joint training of all layers on :meth:`loss`; returns the mean loss per epoch."""
+        opt = optimizer(self.parameters(), lr=lr)
+        losses = []
+        for epoch in range(epochs):
+            total, count = 0.0, 0
+            for x in batches():
+                loss = self.loss(x).total
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, count = total + loss.item(), count + 1
+            losses.append(total / max(count, 1))
+            if on_epoch is not None:
+                on_epoch(epoch, losses[-1])
+        return losses
+
+
+__all__ = [
+    "AutoencoderLoss",
+    "AutoencoderOutput",
+    "ContractiveAutoencoder",
+    "ContractiveEncoder",
+    "StackedContractiveAutoencoder",
+]

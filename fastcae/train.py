@@ -1,0 +1,319 @@
+"""Training a contractive autoencoder end to end: data, loop, evaluation, files.
+
+Runs in one process or, under torchrun, with DistributedDataParallel (NCCL on
+GPUs, gloo on CPUs). Every epoch draws one seeded permutation of the training
+set, shared by all ranks, and cuts it into global batches; each rank takes
+its share of every global batch and scales its loss so that DDP's gradient
+average equals the gradient of the global batch's mean loss. A run with N
+processes therefore follows the same trajectory as one process with the same
+global batches (up to floating-point summation order). Only rank 0 writes.
+
+Files written to ``out`` (rank 0):
+    checkpoint.pt   model state, the config and the dataset's description
+    metrics.csv     one row per epoch: loss parts, held-out error and ‖J‖_F
+    metrics.json    the config, the last epoch, the contraction report and
+                    the linear-probe accuracies (raw inputs vs codes)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .data import Dataset, load_dataset, train_test_split
+from .geometry import contraction_report
+from .nn import ContractiveAutoencoder
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the CLI's flags)."""
+
+    dataset: str = "digits"
+    hidden: int = 256
+    activation: str = "sigmoid"
+    decoder_activation: str = "sigmoid"
+    contractive_weight: float = 0.1
+    hessian_weight: float = 0.0
+    tied: bool = True
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    test_fraction: float = 0.2
+    device: str = "auto"
+    backend: str = "auto"
+    out: str | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field (the CLI turns it into a one-line error)."""
+        if self.hidden <= 0:
+            raise ValueError(f"--hidden must be a positive integer, got {self.hidden}")
+        if self.epochs <= 0:
+            raise ValueError(f"--epochs must be a positive integer, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise ValueError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if not self.contractive_weight >= 0:
+            raise ValueError(f"--lambda must be >= 0, got {self.contractive_weight}")
+        if not self.hessian_weight >= 0:
+            raise ValueError(f"--hessian-weight must be >= 0, got {self.hessian_weight}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    loss: float
+    reconstruction: float
+    contractive: float
+    hessian: float
+    test_reconstruction: float
+    test_jacobian_frobenius: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: ContractiveAutoencoder
+    history: list[EpochMetrics]
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run: rank, world size and device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> Distributed:
+    """Join the torchrun process group if there is one (WORLD_SIZE > 1), and pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name == "cuda" and world_size > 1:
+        device_name = f"cuda:{local_rank}"
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device_name} was asked for but no CUDA device is available")
+    if world_size > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size, device)
+
+
+class _LossModule(nn.Module):
+    """Wraps the autoencoder so DDP sees the loss computation as its forward."""
+
+    def __init__(self, model: ContractiveAutoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None):
+        return self.model.loss(x, generator=generator)
+
+
+def global_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
+    """The epoch's global batches of sample indices, identical on every rank."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_samples, generator=generator)
+    return list(order.split(batch_size))
+
+
+def _evaluate(model: ContractiveAutoencoder, x: Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean reconstruction error and mean ‖J‖_F (= mean sqrt of the penalty) on x."""
+    errors, norms = [], []
+    with torch.no_grad():
+        for chunk in x.split(batch_size):
+            code, penalty = model.encoder(chunk)
+            errors.append(model.reconstruction_error(model.decoder_logits(code), chunk))
+            norms.append(penalty.sqrt())
+    if not errors:
+        return float("nan"), float("nan")
+    return torch.cat(errors).mean().item(), torch.cat(norms).mean().item()
+
+
+def encode_all(model: ContractiveAutoencoder, x: Tensor, batch_size: int = 1024) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model.encoder(chunk).code for chunk in x.split(batch_size)])
+
+
+def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, seed: int = 0) -> float:
+    """Held-out accuracy of a logistic regression fit on (train_x, train_y)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_x.double().cpu().numpy())
+    classifier = LogisticRegression(max_iter=2000, random_state=seed)
+    classifier.fit(scaler.transform(train_x.double().cpu().numpy()), train_y.cpu().numpy())
+    return float(classifier.score(scaler.transform(test_x.double().cpu().numpy()), test_y.cpu().numpy()))
+
+
+def build_model(config: TrainConfig, in_features: int, device: torch.device) -> ContractiveAutoencoder:
+    return ContractiveAutoencoder(
+        in_features,
+        config.hidden,
+        activation=config.activation,
+        decoder_activation=config.decoder_activation,
+        tied=config.tied,
+        contractive_weight=config.contractive_weight,
+        hessian_weight=config.hessian_weight,
+        backend=config.backend,
+        device=device,
+    )
+
+
+def train(config: TrainConfig, *, progress: bool = True, data: Dataset | None = None) -> TrainResult:
+    """Train a CAE as configured; write files to config.out (rank 0) and return the model and metrics."""
+    config.validate()
+    dist = setup_distributed(config.device)
+    dataset = data if data is not None else load_dataset(config.dataset)
+    train_set, test_set = train_test_split(dataset, config.test_fraction, seed=config.seed)
+    train_x = train_set.x.to(dist.device)
+    test_x = test_set.x.to(dist.device)
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = build_model(config, dataset.x.shape[1], dist.device)
+    loss_module: nn.Module = _LossModule(model)
+    if dist.world_size > 1:
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=device_ids)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    noise = torch.Generator(device=dist.device).manual_seed(config.seed + 7919 * dist.rank)
+
+    history: list[EpochMetrics] = []
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        batches = global_batches(train_x.shape[0], config.batch_size, config.seed, epoch)
+        bar = _progress_bar(len(batches), epoch, config.epochs, enabled=progress and dist.is_main)
+        sums = torch.zeros(4, dtype=torch.float64)
+        seen = 0
+        for indices in batches:
+            local = indices[dist.rank :: dist.world_size].to(dist.device)
+            parts = loss_module(train_x[local], noise)
+            # DDP averages gradients over ranks; weighting by the local share makes
+            # that average the gradient of the global batch's mean loss.
+            scale = local.numel() * dist.world_size / indices.numel()
+            optimizer.zero_grad(set_to_none=True)
+            (parts.total * scale).backward()
+            optimizer.step()
+            values = torch.stack(
+                [parts.total.detach(), parts.reconstruction, parts.contractive, parts.hessian]
+            )
+            sums += values.double().cpu() * local.numel()
+            seen += local.numel()
+            if bar is not None:
+                bar.set_postfix(
+                    loss=f"{values[0]:.4g}", rec=f"{values[1]:.4g}", jac=f"{values[2]:.4g}", refresh=False
+                )
+                bar.update()
+        if dist.world_size > 1:
+            totals = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64)]).to(dist.device)
+            torch.distributed.all_reduce(totals)
+            sums, seen = totals[:4].cpu(), int(totals[4].item())
+        means = (sums / max(seen, 1)).tolist()
+        test_error, test_frobenius = _evaluate(model, test_x)
+        history.append(
+            EpochMetrics(epoch + 1, *means, test_error, test_frobenius, time.perf_counter() - start)
+        )
+        if bar is not None:
+            bar.set_postfix(
+                loss=f"{means[0]:.4g}", test_rec=f"{test_error:.4g}", test_jac=f"{test_frobenius:.4g}"
+            )
+            bar.close()
+
+    summary = _summarize(config, model, dataset, train_set, test_set, history) if dist.is_main else {}
+    if dist.is_main and config.out:
+        write_run(Path(config.out), config, model, dataset, history, summary)
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    return TrainResult(model, history, summary)
+
+
+def _progress_bar(total: int, epoch: int, epochs: int, *, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)
+
+
+def _summarize(config, model, dataset, train_set, test_set, history) -> dict:
+    device = model.encoder.weight.device
+    report = contraction_report(model, test_set.x.to(device))
+    summary = {
+        "final": asdict(history[-1]),
+        "contraction": {
+            "jacobian_frobenius_mean": report.frobenius_mean,
+            "fraction_singular_values_below_one": report.fraction_below_one,
+            "top_singular_values": list(report.top_singular_values),
+        },
+        "encoder_weight_norm": model.encoder.weight.detach().norm().item(),
+    }
+    if dataset.y is not None:
+        train_codes = encode_all(model, train_set.x.to(device))
+        test_codes = encode_all(model, test_set.x.to(device))
+        summary["linear_probe"] = {
+            "raw_inputs": linear_probe(train_set.x, train_set.y, test_set.x, test_set.y, config.seed),
+            "codes": linear_probe(train_codes, train_set.y, test_codes, test_set.y, config.seed),
+        }
+    return summary
+
+
+def write_run(out: Path, config, model, dataset, history, summary) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "config": asdict(config),
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "in_features": model.in_features,
+            "dataset": {"name": dataset.name, "image_shape": dataset.image_shape},
+        },
+        out / CHECKPOINT_NAME,
+    )
+    with open(out / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(history[0])))
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in history)
+    with open(out / "metrics.json", "w") as handle:
+        json.dump({"config": asdict(config), **summary}, handle, indent=2)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[ContractiveAutoencoder, dict]:
+    """The model saved by :func:`train` and the checkpoint's other contents (config, dataset)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    config = TrainConfig(**checkpoint["config"])
+    model = build_model(config, checkpoint["in_features"], torch.device(device))
+    model.load_state_dict(checkpoint["model_state"])
+    model.eval()
+    return model, checkpoint
