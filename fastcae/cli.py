@@ -111,9 +111,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            print(
-                f"cuda:{i}: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
-            )
+            memory = props.total_memory / 2**30
+            print(f"cuda:{i}: {props.name} (sm_{props.major}{props.minor}, {memory:.0f} GiB)")
     else:
         print(f"CUDA: no device (torch built with CUDA {torch.version.cuda})")
     if extension._C is not None:
@@ -159,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict, out: str) -> None:
     final, contraction = summary["final"], summary["contraction"]
     print(
-        f"epoch {final['epoch']}: loss {final['loss']:.4g}, held-out reconstruction {final['test_reconstruction']:.4g}"
+        f"epoch {final['epoch']}: loss {final['loss']:.4g}, "
+        f"held-out reconstruction {final['test_reconstruction']:.4g}"
     )
     print(
         f"contraction: mean ‖J‖_F {contraction['jacobian_frobenius_mean']:.4g}, "
