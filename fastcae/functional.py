@@ -59,7 +59,8 @@ def encode(
     Returns:
         ``EncoderOutput(code, penalty)``: h of shape (B, H) in x's dtype and p of
         shape (B,) in float32 (float64 for float64 inputs). Both are
-        differentiable with respect to x, weight and bias.
+        differentiable with respect to x, weight and bias. Under torch.autocast
+        the inputs are cast like F.linear's (h then has the autocast dtype).
 
     Raises:
         TypeError: non-tensor or non-floating inputs, mixed dtypes, a backend that
@@ -68,9 +69,30 @@ def encode(
             backend that cannot run here or on x's device.
     """
     check_encoder_args(x, weight, bias, activation)
+    x, weight, bias = _autocast(x, weight, bias)
     chosen = resolve_backend(backend, x, weight, bias, activation)
-    code, penalty = chosen.encode(x, weight, bias, activation)
+    if torch.amp.is_autocast_available(x.device.type):
+        # The inputs already have their autocast dtype; inside, the penalty is accumulated in float32.
+        with torch.autocast(x.device.type, enabled=False):
+            code, penalty = chosen.encode(x, weight, bias, activation)
+    else:
+        code, penalty = chosen.encode(x, weight, bias, activation)
     return EncoderOutput(code, penalty)
+
+
+def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Under torch.autocast, take the casting policy of F.linear: floating inputs
+    other than float64 are cast to the autocast dtype of x's device. The fused
+    kernels still accumulate in float32 and return a float32 penalty."""
+    device_type = x.device.type
+    if not (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        return t if t is None or t.dtype in (torch.float64, dtype) else t.to(dtype)
+
+    return cast(x), cast(weight), cast(bias)
 
 
 def penalty(
@@ -149,15 +171,17 @@ def penalty_hessian(
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
+    x, weight, bias = _autocast(x, weight, bias)
     act = ACTIVATIONS[activation]
     compute_dtype = penalty_dtype(x.dtype)
-    noise = torch.randn(
-        (n_samples, *x.shape), generator=generator, device=x.device, dtype=compute_dtype
-    ).mul_(float(sigma))
-    weight_c = weight.to(compute_dtype)
-    preact = F.linear(x, weight, bias).to(compute_dtype)  # (B, H)
-    noisy_preact = preact + noise @ weight_c.t()  # (n, B, H): (x + ε) Wᵀ + b by linearity
-    slope_gap = act.slope(preact) - act.slope(noisy_preact)
-    row_norms_sq = weight_c.pow(2).sum(dim=1)
-    per_sample = slope_gap.pow(2).mean(dim=0) @ row_norms_sq
+    with torch.autocast(x.device.type, enabled=False):  # inputs are cast; accumulate in compute_dtype
+        noise = torch.randn(
+            (n_samples, *x.shape), generator=generator, device=x.device, dtype=compute_dtype
+        ).mul_(float(sigma))
+        weight_c = weight.to(compute_dtype)
+        preact = F.linear(x, weight, bias).to(compute_dtype)  # (B, H)
+        noisy_preact = preact + noise @ weight_c.t()  # (n, B, H): (x + ε) Wᵀ + b by linearity
+        slope_gap = act.slope(preact) - act.slope(noisy_preact)
+        row_norms_sq = weight_c.pow(2).sum(dim=1)
+        per_sample = slope_gap.pow(2).mean(dim=0) @ row_norms_sq
     return _reduce(per_sample, reduction)

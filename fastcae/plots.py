@@ -22,9 +22,9 @@ def _pyplot():
 
 def _show(ax, vector: Tensor, image_shape: tuple[int, int], *, symmetric: bool) -> None:
     """Draw one vector as an image; signed vectors (filters, tangents) on a symmetric gray scale."""
-    image = vector.detach().float().cpu().reshape(image_shape)
+    image = vector.detach().float().cpu().reshape(image_shape).numpy()
     if symmetric:
-        limit = image.abs().max().item() or 1.0
+        limit = float(abs(image).max()) or 1.0
         ax.imshow(image, cmap="gray", vmin=-limit, vmax=limit)
     else:
         ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
