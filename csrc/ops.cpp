@@ -86,6 +86,28 @@ void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
   }
 }
 
+void check_hessian_inputs(const at::Tensor& preact, const at::Tensor& noisy_preact,
+                          const at::Tensor& row_norms_sq) {
+  TORCH_CHECK_VALUE(preact.dim() == 2, "fastcae: preact must be 2-D (batch, hidden), got shape ",
+                    preact.sizes());
+  TORCH_CHECK_VALUE(noisy_preact.dim() == 3 && noisy_preact.size(1) == preact.size(0) &&
+                        noisy_preact.size(2) == preact.size(1),
+                    "fastcae: noisy_preact must have shape (n, ", preact.size(0), ", ", preact.size(1),
+                    "), got ", noisy_preact.sizes());
+  TORCH_CHECK_VALUE(row_norms_sq.dim() == 1 && row_norms_sq.size(0) == preact.size(1),
+                    "fastcae: row_norms_sq must have shape (", preact.size(1), ",), got ",
+                    row_norms_sq.sizes());
+  const auto dtype = preact.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
+                   "fastcae: preact must be float32 or float64, got ", dtype);
+  for (const at::Tensor* t : {&noisy_preact, &row_norms_sq}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == dtype, "fastcae: CAE+H inputs need one dtype, got ", dtype,
+                     " and ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == preact.device(), "fastcae: CAE+H inputs need one device, got ",
+                      preact.device(), " and ", t->device());
+  }
+}
+
 EncodeBackwardResult finish_backward(const at::Tensor& grad_preact, const at::Tensor& unit_sums,
                                      const at::Tensor& x, const at::Tensor& weight,
                                      bool has_grad_penalty, std::array<bool, 3> output_mask) {
@@ -119,6 +141,13 @@ TORCH_LIBRARY(fastcae, m) {
       "encode_backward(Tensor? grad_code, Tensor? grad_penalty, Tensor x, Tensor weight, "
       "Tensor code, Tensor row_norms_sq, str activation, bool[3] output_mask) "
       "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "hessian_forward(Tensor preact, Tensor noisy_preact, Tensor row_norms_sq, str activation) "
+      "-> Tensor");
+  m.def(
+      "hessian_backward(Tensor grad_penalty, Tensor preact, Tensor noisy_preact, Tensor row_norms_sq, "
+      "str activation, bool[3] output_mask) "
+      "-> (Tensor grad_preact, Tensor grad_noisy_preact, Tensor grad_row_norms_sq)");
 }
 
 namespace {

@@ -17,9 +17,10 @@ from . import _autotune
 from ._validation import FLOATING_DTYPES, check_choice
 from .ops import extension
 from .ops import triton as triton_ops
-from .ops.reference import encode_naive, encode_torch
+from .ops.reference import encode_naive, encode_torch, hessian_torch
 
 EncodeFn = Callable[[Tensor, Tensor, "Tensor | None", str], "tuple[Tensor, Tensor]"]
+HessianFn = Callable[[Tensor, Tensor, Tensor, str], Tensor]
 
 
 class BackendUnavailableError(ValueError):
@@ -37,6 +38,7 @@ class Backend:
         device_types: device types it accepts (None: any).
         dtypes: input dtypes it accepts.
         unavailable_reason: returns why it cannot run on this machine, or None.
+        hessian: the CAE+H op from pre-activations, (z, z̃, ‖W_j‖², activation) -> (B,).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Backend:
     device_types: frozenset[str] | None
     dtypes: frozenset[torch.dtype]
     unavailable_reason: Callable[[], str | None]
+    hessian: HessianFn = hessian_torch
 
     def supports(self, x: Tensor) -> bool:
         on_device = self.device_types is None or x.device.type in self.device_types
@@ -95,6 +98,7 @@ BACKENDS: dict[str, Backend] = {
             frozenset({"cpu"}),
             frozenset(FLOATING_DTYPES),
             _cpu_unavailable_reason,
+            extension.hessian_extension,
         ),
         Backend(
             "triton",
@@ -103,6 +107,7 @@ BACKENDS: dict[str, Backend] = {
             triton_ops.device_types(),
             triton_ops.dtypes(),
             triton_ops.unavailable_reason,
+            triton_ops.hessian_triton,
         ),
         Backend(
             "cuda",
@@ -111,6 +116,7 @@ BACKENDS: dict[str, Backend] = {
             frozenset({"cuda"}),
             frozenset(FLOATING_DTYPES),
             _cuda_unavailable_reason,
+            extension.hessian_extension,
         ),
     )
 }

@@ -12,6 +12,7 @@ differentiate them with hand-written backward kernels.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from typing import NamedTuple
 
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._validation import check_encoder_args, check_reduction
-from .activations import ACTIVATIONS
 from .dispatch import resolve_backend
 from .ops.reference import penalty_dtype
 
@@ -71,11 +71,7 @@ def encode(
     check_encoder_args(x, weight, bias, activation)
     x, weight, bias = _autocast(x, weight, bias)
     chosen = resolve_backend(backend, x, weight, bias, activation)
-    if torch.amp.is_autocast_available(x.device.type):
-        # The inputs already have their autocast dtype; inside, the penalty is accumulated in float32.
-        with torch.autocast(x.device.type, enabled=False):
-            code, penalty = chosen.encode(x, weight, bias, activation)
-    else:
+    with _autocast_disabled(x.device.type):  # inputs are cast already; the penalty accumulates in float32
         code, penalty = chosen.encode(x, weight, bias, activation)
     return EncoderOutput(code, penalty)
 
@@ -93,6 +89,12 @@ def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, T
         return t if t is None or t.dtype in (torch.float64, dtype) else t.to(dtype)
 
     return cast(x), cast(weight), cast(bias)
+
+
+def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def penalty(
@@ -143,6 +145,7 @@ def penalty_hessian(
     n_samples: int = 4,
     generator: torch.Generator | None = None,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> Tensor:
     """The CAE+H penalty: a stochastic estimate of how fast the Jacobian changes around x.
 
@@ -158,6 +161,10 @@ def penalty_hessian(
         n_samples: number n ≥ 1 of corrupted copies per sample.
         generator: a torch.Generator on x's device, for reproducible noise.
         reduction: "none" (B,), "sum", or "mean" over the batch.
+        backend: as in :func:`encode`. The GEMMs for z and z̃ run through ATen;
+            the fast backends ("cpu", "cuda", "triton") then compute the sum in
+            one fused pass with a hand-written backward, "torch"/"naive" with
+            plain autograd.
 
     Returns:
         The estimate, float32 (float64 for float64 inputs), differentiable with
@@ -172,16 +179,15 @@ def penalty_hessian(
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
     x, weight, bias = _autocast(x, weight, bias)
-    act = ACTIVATIONS[activation]
+    chosen = resolve_backend(backend, x, weight, bias, activation)
     compute_dtype = penalty_dtype(x.dtype)
-    with torch.autocast(x.device.type, enabled=False):  # inputs are cast; accumulate in compute_dtype
+    with _autocast_disabled(x.device.type):  # inputs are cast already; accumulate in compute_dtype
         noise = torch.randn(
             (n_samples, *x.shape), generator=generator, device=x.device, dtype=compute_dtype
         ).mul_(float(sigma))
         weight_c = weight.to(compute_dtype)
         preact = F.linear(x, weight, bias).to(compute_dtype)  # (B, H)
         noisy_preact = preact + noise @ weight_c.t()  # (n, B, H): (x + ε) Wᵀ + b by linearity
-        slope_gap = act.slope(preact) - act.slope(noisy_preact)
         row_norms_sq = weight_c.pow(2).sum(dim=1)
-        per_sample = slope_gap.pow(2).mean(dim=0) @ row_norms_sq
+        per_sample = chosen.hessian(preact, noisy_preact, row_norms_sq, activation)
     return _reduce(per_sample, reduction)

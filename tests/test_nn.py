@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import available_backends, make_inputs
+from helpers import DEVICES, assert_close, available_backends, make_inputs
 
 import fastcae
 from fastcae.activations import ACTIVATION_NAMES, ACTIVATIONS
@@ -121,6 +121,52 @@ def test_penalty_hessian_is_reproducible_and_differentiable():
         return fastcae.penalty_hessian(*tensors, sigma=0.2, generator=torch.Generator().manual_seed(1))
 
     assert torch.autograd.gradcheck(hessian_of, (x, weight, bias))
+
+
+HESSIAN_TARGETS = [(d, b) for d in DEVICES for b in available_backends(d) if b != "naive"]
+
+
+@pytest.mark.parametrize(("device", "backend"), HESSIAN_TARGETS, ids=[f"{d}-{b}" for d, b in HESSIAN_TARGETS])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_fused_penalty_hessian_matches_the_reference_with_gradients(device, backend, activation):
+    """Each backend's CAE+H (fused on cpu/cuda/triton) against the float64 definition, with gradients."""
+    x, weight, bias = make_inputs(19, 23, 37, dtype=torch.float64, device=device, seed=5, requires_grad=True)
+
+    def hessian(*tensors, backend=backend):
+        generator = torch.Generator(device=device).manual_seed(3)
+        return fastcae.penalty_hessian(*tensors, activation=activation, sigma=0.3, n_samples=3,
+                                       generator=generator, reduction="none", backend=backend)  # fmt: skip
+
+    got = hessian(x, weight, bias)
+    expected = hessian(x, weight, bias, backend="torch")
+    assert_close(got, expected, torch.float64, what="CAE+H")
+    loss_weights = torch.linspace(0.5, 1.5, 19, dtype=torch.float64, device=device)
+    grads = torch.autograd.grad((got * loss_weights).sum(), (x, weight, bias))
+    expected_grads = torch.autograd.grad((expected * loss_weights).sum(), (x, weight, bias))
+    for name, g, e in zip(("x", "weight", "bias"), grads, expected_grads, strict=True):
+        assert_close(g, e, torch.float64, what=f"grad {name}")
+    small = make_inputs(4, 5, 6, dtype=torch.float64, device=device, seed=1, requires_grad=True)
+    assert torch.autograd.gradcheck(hessian, small)
+
+
+@pytest.mark.parametrize(("device", "backend"), HESSIAN_TARGETS, ids=[f"{d}-{b}" for d, b in HESSIAN_TARGETS])
+def test_fused_penalty_hessian_float32_and_determinism(device, backend):
+    x, weight, bias = make_inputs(33, 20, 40, device=device, seed=8)
+
+    def hessian():
+        generator = torch.Generator(device=device).manual_seed(0)
+        return fastcae.penalty_hessian(
+            x, weight, bias, sigma=0.2, n_samples=4, generator=generator, reduction="none", backend=backend
+        )
+
+    first, second = hessian(), hessian()
+    assert first.dtype == torch.float32 and torch.equal(first, second)
+    # The same float32 noise the function draws, then the definition in float64.
+    noise = (
+        torch.randn((4, 33, 20), generator=torch.Generator(device=device).manual_seed(0), device=device) * 0.2
+    )
+    wide = [t.double() for t in (x, weight, bias)]
+    assert_close(first, hessian_by_definition(*wide, "sigmoid", noise.double()), torch.float32, what="CAE+H")
 
 
 def test_penalty_hessian_vanishes_without_noise_and_validates():

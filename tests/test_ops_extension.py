@@ -115,3 +115,21 @@ def test_torch_compile_matches_eager_without_graph_breaks(device, backend):
     torch.testing.assert_close(result, eager)
     for a, b in zip(compiled_inputs, eager_inputs, strict=False):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("device", [d for d, _ in TARGETS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_opcheck_hessian_ops(device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    preact = torch.randn(6, 5, generator=gen, dtype=dtype).to(device).requires_grad_()
+    noisy = (
+        preact.detach() + 0.3 * torch.randn(3, 6, 5, generator=gen, dtype=dtype).to(device)
+    ).requires_grad_()
+    norms = torch.rand(5, generator=gen, dtype=dtype).to(device).requires_grad_()
+    torch.library.opcheck(torch.ops.fastcae.hessian_forward.default, (preact, noisy, norms, "tanh"))
+    grad = torch.randn(6, generator=gen, dtype=dtype).to(device)
+    for mask in ([True, True, True], [False, True, False]):
+        torch.library.opcheck(
+            torch.ops.fastcae.hessian_backward.default,
+            (grad, preact.detach(), noisy.detach(), norms.detach(), "tanh", mask),
+        )

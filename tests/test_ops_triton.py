@@ -54,6 +54,28 @@ def test_opcheck_custom_ops(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_hessian_custom_ops(device):
+    gen = torch.Generator().manual_seed(0)
+    preact = torch.randn(6, 5, generator=gen).to(device).requires_grad_()
+    noisy = (preact.detach() + 0.3 * torch.randn(3, 6, 5, generator=gen).to(device)).requires_grad_()
+    norms = torch.rand(5, generator=gen).to(device).requires_grad_()
+    torch.library.opcheck(
+        torch.ops.fastcae.triton_hessian_forward.default, (preact, noisy, norms, "softplus")
+    )
+    torch.library.opcheck(
+        torch.ops.fastcae.triton_hessian_backward.default,
+        (
+            torch.randn(6, device=device),
+            preact.detach(),
+            noisy.detach(),
+            norms.detach(),
+            "softplus",
+            [True, True, True],
+        ),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_matches_eager_without_graph_breaks(device):
     x, weight, bias = make_inputs(16, 12, 20, device=device, seed=1)
 

@@ -17,25 +17,12 @@
 
 #include <algorithm>
 
+#include "cpu_kernels.h"
 #include "fastcae/cae_math.h"
 #include "fastcae/encode.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTCAE_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTCAE_CPU_CLONES
-#endif
-
 namespace fastcae {
 namespace {
-
-// Work per parallel task: enough elements that scheduling cost is negligible.
-constexpr int64_t kElementsPerTask = 32768;
-
-int64_t rows_per_task(int64_t cols) {
-  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(cols, 1));
-}
 
 // ‖W_j‖² of rows [begin, end) of a contiguous (rows, cols) matrix, accumulated
 // in acc_t. kLanes independent partial sums (a few vector registers) hide the

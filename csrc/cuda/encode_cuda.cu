@@ -14,6 +14,9 @@
 //           the chunk sums are added in order, then dx = dz W and
 //           dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x (finish_backward, shared with the CPU).
 //
+// CAE+H: hessian_forward_kernel (one warp per row) and hessian_backward_kernel
+// (one thread per unit and chunk of rows), the CUDA twins of csrc/cpu/hessian_cpu.cpp.
+//
 // Indexing is int64 throughout; launches are on PyTorch's current stream and
 // checked. The per-element math is cae_math.h, shared with the CPU kernels.
 #include <ATen/ATen.h>
@@ -110,6 +113,71 @@ __global__ void grad_preact_kernel(const scalar_t* __restrict__ grad_code,
   }
   partials[(chunk * 2) * hidden + unit] = grad_bias_sum;
   partials[(chunk * 2 + 1) * hidden + unit] = row_scale_sum;
+}
+
+// CAE+H forward: one warp per row b; each lane takes φ'(z_bj) once and
+// compares it with its n corrupted copies; warp_sum finishes the row.
+template <Activation A, typename scalar_t>
+__global__ void hessian_forward_kernel(const scalar_t* __restrict__ preact,
+                                       const scalar_t* __restrict__ noisy_preact,
+                                       const scalar_t* __restrict__ row_norms_sq,
+                                       scalar_t* __restrict__ penalty, int64_t copies, int64_t batch,
+                                       int64_t hidden) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= batch) return;
+  scalar_t sum = 0;
+  for (int64_t j = lane; j < hidden; j += kWarpSize) {
+    const scalar_t slope = ActivationMath<A>::forward(preact[row * hidden + j]).dphi;
+    scalar_t row_sum = 0;
+    for (int64_t s = 0; s < copies; ++s) {
+      const scalar_t gap = slope - ActivationMath<A>::forward(noisy_preact[(s * batch + row) * hidden + j]).dphi;
+      row_sum += gap * gap;
+    }
+    sum += row_sum * row_norms_sq[j];
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) penalty[row] = copies > 0 ? sum / static_cast<scalar_t>(copies) : scalar_t(0);
+}
+
+// CAE+H backward: one thread per hidden unit and chunk of rows (coalesced along
+// H). Writes dz and dz̃ and the chunk's Σ_b g_b Σ_s Δ² per unit.
+template <Activation A, typename scalar_t>
+__global__ void hessian_backward_kernel(const scalar_t* __restrict__ grad_penalty, int64_t grad_stride,
+                                        const scalar_t* __restrict__ preact,
+                                        const scalar_t* __restrict__ noisy_preact,
+                                        const scalar_t* __restrict__ row_norms_sq,
+                                        scalar_t* __restrict__ grad_preact,
+                                        scalar_t* __restrict__ grad_noisy_preact,
+                                        scalar_t* __restrict__ partials, int64_t copies, int64_t batch,
+                                        int64_t hidden, int64_t chunk_rows) {
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kUnitsPerBlock + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  if (unit >= hidden) return;
+  const scalar_t norm = row_norms_sq[unit];
+  const scalar_t inv_copies = copies > 0 ? scalar_t(1) / static_cast<scalar_t>(copies) : scalar_t(0);
+  const int64_t row_end = min(batch, (chunk + 1) * chunk_rows);
+  scalar_t unit_sum = 0;
+  for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
+    const scalar_t grad_b = grad_penalty[row * grad_stride];
+    const scalar_t scale = 2 * grad_b * inv_copies * norm;
+    const CodeAndSlope<scalar_t> clean = ActivationMath<A>::forward(preact[row * hidden + unit]);
+    scalar_t gap_sum = 0;
+    for (int64_t s = 0; s < copies; ++s) {
+      const int64_t index = (s * batch + row) * hidden + unit;
+      const CodeAndSlope<scalar_t> noisy = ActivationMath<A>::forward(noisy_preact[index]);
+      const scalar_t gap = clean.dphi - noisy.dphi;
+      if (grad_noisy_preact != nullptr) {
+        grad_noisy_preact[index] = -scale * ActivationMath<A>::d2phi(noisy.code, noisy.dphi) * gap;
+      }
+      gap_sum += gap;
+      unit_sum += grad_b * gap * gap;
+    }
+    if (grad_preact != nullptr) {
+      grad_preact[row * hidden + unit] = scale * ActivationMath<A>::d2phi(clean.code, clean.dphi) * gap_sum;
+    }
+  }
+  partials[chunk * hidden + unit] = unit_sum;
 }
 
 int64_t blocks_for(int64_t items, int64_t per_block) { return (items + per_block - 1) / per_block; }
@@ -216,9 +284,78 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
   return finish_backward(grad_preact, unit_sums, x, weight, has_grad_penalty, output_mask);
 }
 
+at::Tensor hessian_forward_cuda(const at::Tensor& preact_in, const at::Tensor& noisy_in,
+                                const at::Tensor& norms_in, c10::string_view activation_name) {
+  check_hessian_inputs(preact_in, noisy_in, norms_in);
+  const Activation activation = parse_activation(activation_name);
+  const c10::cuda::CUDAGuard device_guard(preact_in.device());
+  const at::Tensor preact = preact_in.contiguous();
+  const at::Tensor noisy = noisy_in.contiguous();
+  const at::Tensor norms = norms_in.contiguous();
+  const int64_t copies = noisy.size(0);
+  const int64_t batch = preact.size(0);
+  const int64_t hidden = preact.size(1);
+  at::Tensor penalty = at::zeros({batch}, preact.options());
+  if (batch == 0 || hidden == 0) return penalty;
+  AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_forward_cuda", [&] {
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      hessian_forward_kernel<A, scalar_t>
+          <<<blocks_for(batch, kWarpsPerBlock), kWarpsPerBlock * kWarpSize, 0, at::cuda::getCurrentCUDAStream()>>>(
+              preact.const_data_ptr<scalar_t>(), noisy.const_data_ptr<scalar_t>(), norms.const_data_ptr<scalar_t>(),
+              penalty.mutable_data_ptr<scalar_t>(), copies, batch, hidden);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return penalty;
+}
+
+HessianBackwardResult hessian_backward_cuda(const at::Tensor& grad_penalty, const at::Tensor& preact_in,
+                                            const at::Tensor& noisy_in, const at::Tensor& norms_in,
+                                            c10::string_view activation_name,
+                                            std::array<bool, 3> output_mask) {
+  check_hessian_inputs(preact_in, noisy_in, norms_in);
+  const Activation activation = parse_activation(activation_name);
+  const c10::cuda::CUDAGuard device_guard(preact_in.device());
+  const auto [need_preact, need_noisy, need_norms] = output_mask;
+  const at::Tensor preact = preact_in.contiguous();
+  const at::Tensor noisy = noisy_in.contiguous();
+  const at::Tensor norms = norms_in.contiguous();
+  const int64_t copies = noisy.size(0);
+  const int64_t batch = preact.size(0);
+  const int64_t hidden = preact.size(1);
+  TORCH_CHECK_VALUE(grad_penalty.dim() == 1 && grad_penalty.size(0) == batch,
+                    "fastcae: grad_penalty must have shape (", batch, ",), got ", grad_penalty.sizes());
+  const at::Tensor grad = grad_penalty.to(preact.scalar_type());
+  at::Tensor grad_preact = need_preact ? at::empty_like(preact) : at::Tensor();
+  at::Tensor grad_noisy = need_noisy ? at::empty_like(noisy) : at::Tensor();
+  const int64_t chunk_rows = backward_chunk_rows(batch);
+  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
+  at::Tensor partials = at::zeros({num_chunks, hidden}, preact.options());
+  if (batch > 0 && hidden > 0) {
+    AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_backward_cuda", [&] {
+      const dim3 grid(blocks_for(hidden, kUnitsPerBlock), num_chunks);
+      dispatch_activation(activation, [&](auto act) {
+        constexpr Activation A = decltype(act)::value;
+        hessian_backward_kernel<A, scalar_t><<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+            grad.const_data_ptr<scalar_t>(), grad.stride(0), preact.const_data_ptr<scalar_t>(),
+            noisy.const_data_ptr<scalar_t>(), norms.const_data_ptr<scalar_t>(),
+            need_preact ? grad_preact.mutable_data_ptr<scalar_t>() : nullptr,
+            need_noisy ? grad_noisy.mutable_data_ptr<scalar_t>() : nullptr, partials.mutable_data_ptr<scalar_t>(),
+            copies, batch, hidden, chunk_rows);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  at::Tensor grad_norms = need_norms ? partials.sum(0).mul_(copies > 0 ? 1.0 / copies : 0.0) : at::Tensor();
+  return {grad_preact, grad_noisy, grad_norms};
+}
+
 TORCH_LIBRARY_IMPL(fastcae, CUDA, m) {
   m.impl("encode_forward", &encode_forward_cuda);
   m.impl("encode_backward", &encode_backward_cuda);
+  m.impl("hessian_forward", &hessian_forward_cuda);
+  m.impl("hessian_backward", &hessian_backward_cuda);
 }
 
 }  // namespace fastcae

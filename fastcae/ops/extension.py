@@ -39,6 +39,11 @@ def encode_extension(
     return code, penalty
 
 
+def hessian_extension(preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, activation: str) -> Tensor:
+    """CAE+H (B,) from z (B, H), z̃ (n, B, H), ‖W_j‖² (H,) with the fused C++/CUDA op."""
+    return torch.ops.fastcae.hessian_forward(preact, noisy_preact, row_norms_sq, activation)
+
+
 def _encode_forward_fake(
     x: Tensor, weight: Tensor, bias: Tensor | None, activation: str
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -69,6 +74,38 @@ def _encode_backward_fake(
     )
 
 
+def _hessian_forward_fake(
+    preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, activation: str
+) -> Tensor:
+    return preact.new_empty((preact.shape[0],))
+
+
+def _hessian_backward_fake(grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask):
+    shapes = (preact.shape, noisy_preact.shape, row_norms_sq.shape)
+    return tuple(
+        preact.new_empty(shape) if need else None for shape, need in zip(shapes, output_mask, strict=True)
+    )
+
+
+def _hessian_setup_context(ctx, inputs, output) -> None:
+    preact, noisy_preact, row_norms_sq, activation = inputs
+    ctx.save_for_backward(preact, noisy_preact, row_norms_sq)
+    ctx.activation = activation
+
+
+def _hessian_backward(ctx, grad_penalty: Tensor):
+    mask = list(ctx.needs_input_grad[:3])
+    if not any(mask):
+        return None, None, None, None
+    grads = torch.ops.fastcae.hessian_backward(grad_penalty, *ctx.saved_tensors, ctx.activation, mask)
+    return (*grads, None)
+
+
 if _C is not None:
     torch.library.register_fake("fastcae::encode_forward")(_encode_forward_fake)
     torch.library.register_fake("fastcae::encode_backward")(_encode_backward_fake)
+    torch.library.register_fake("fastcae::hessian_forward")(_hessian_forward_fake)
+    torch.library.register_fake("fastcae::hessian_backward")(_hessian_backward_fake)
+    torch.library.register_autograd(
+        "fastcae::hessian_forward", _hessian_backward, setup_context=_hessian_setup_context
+    )

@@ -53,3 +53,13 @@ def encode_naive(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str
     jacobian, code = jacobian_naive(x, weight, bias, activation)
     penalty = jacobian.to(penalty_dtype(x.dtype)).pow(2).sum(dim=(1, 2))
     return code, penalty
+
+
+def hessian_torch(preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, activation: str) -> Tensor:
+    """CAE+H from pre-activations: (1/n) Σ_s Σ_j (φ'(z_bj) − φ'(z̃_sbj))² ‖W_j‖², plain autograd.
+
+    Shapes: z (B, H), z̃ (n, B, H), ‖W_j‖² (H,) -> (B,).
+    """
+    act = ACTIVATIONS[activation]
+    slope_gap = act.slope(preact) - act.slope(noisy_preact)
+    return slope_gap.pow(2).mean(dim=0) @ row_norms_sq

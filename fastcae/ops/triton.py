@@ -179,6 +179,68 @@ def _custom_op_backward(ctx, grad_code, grad_penalty, _grad_row_norms_sq):
 triton_encode_forward.register_autograd(_custom_op_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("fastcae::triton_hessian_forward", mutates_args=())
+def triton_hessian_forward(
+    preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, activation: str
+) -> Tensor:
+    """CAE+H (B,) from z (B, H), z̃ (n, B, H), ‖W_j‖² (H,) with the fused Triton kernels."""
+    from ..kernels import hessian
+
+    return hessian.hessian_forward(preact, noisy_preact, row_norms_sq, ACTIVATIONS[activation].id)
+
+
+@triton_hessian_forward.register_fake
+def _(preact, noisy_preact, row_norms_sq, activation):
+    return preact.new_empty((preact.shape[0],))
+
+
+@torch.library.custom_op("fastcae::triton_hessian_backward", mutates_args=())
+def triton_hessian_backward(
+    grad_penalty: Tensor,
+    preact: Tensor,
+    noisy_preact: Tensor,
+    row_norms_sq: Tensor,
+    activation: str,
+    output_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dz, dz̃, d‖W_j‖²); outputs not asked for in output_mask are empty tensors."""
+    from ..kernels import hessian
+
+    grads = hessian.hessian_backward(
+        grad_penalty, preact, noisy_preact, row_norms_sq, ACTIVATIONS[activation].id, tuple(output_mask)
+    )
+    return tuple(g if g is not None else preact.new_empty(0) for g in grads)
+
+
+@triton_hessian_backward.register_fake
+def _(grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask):
+    shapes = (preact.shape, noisy_preact.shape, row_norms_sq.shape)
+    return tuple(
+        preact.new_empty(shape if need else (0,)) for shape, need in zip(shapes, output_mask, strict=True)
+    )
+
+
+def _hessian_setup_context(ctx, inputs, output) -> None:
+    preact, noisy_preact, row_norms_sq, activation = inputs
+    ctx.save_for_backward(preact, noisy_preact, row_norms_sq)
+    ctx.activation = activation
+
+
+def _hessian_backward(ctx, grad_penalty):
+    mask = list(ctx.needs_input_grad[:3])
+    if not any(mask):
+        return None, None, None, None
+    grads = triton_hessian_backward(grad_penalty, *ctx.saved_tensors, ctx.activation, mask)
+    return (*(g if need else None for g, need in zip(grads, mask, strict=True)), None)
+
+
+triton_hessian_forward.register_autograd(_hessian_backward, setup_context=_hessian_setup_context)
+
+
+def hessian_triton(preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, activation: str) -> Tensor:
+    return triton_hessian_forward(preact, noisy_preact, row_norms_sq, activation)
+
+
 def encode_triton(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
     """h (B, H) and p (B,) from the fused Triton kernels."""
     if torch.compiler.is_compiling():

@@ -76,6 +76,23 @@ decltype(auto) dispatch_activation(Activation activation, Fn&& fn) {
   }
 }
 
+// CAE+H (higher-order contractive penalty), from pre-activations z (B, H) and
+// n corrupted copies z̃ (n, B, H), in float32 or float64:
+//   hessian_forward  -> p_b = (1/n) Σ_s Σ_j (φ'(z_bj) − φ'(z̃_sbj))² ‖W_j‖²       (B,)
+//   hessian_backward -> (dp/dz, dp/dz̃, dp/d‖W_j‖²) scaled by g_p; undefined where
+//                       output_mask is false
+using HessianBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+void check_hessian_inputs(const at::Tensor& preact, const at::Tensor& noisy_preact,
+                          const at::Tensor& row_norms_sq);
+
+at::Tensor hessian_forward_cpu(const at::Tensor& preact, const at::Tensor& noisy_preact,
+                               const at::Tensor& row_norms_sq, c10::string_view activation);
+HessianBackwardResult hessian_backward_cpu(const at::Tensor& grad_penalty, const at::Tensor& preact,
+                                           const at::Tensor& noisy_preact,
+                                           const at::Tensor& row_norms_sq,
+                                           c10::string_view activation,
+                                           std::array<bool, 3> output_mask);
+
 EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
                                        const c10::optional<at::Tensor>& bias,
                                        c10::string_view activation);

@@ -1,0 +1,177 @@
+// Fused CPU kernels of the CAE+H penalty (Rifai et al., ECML 2011).
+//
+// Inputs are the pre-activations z (B, H) and n corrupted copies
+// z̃ = (x + ε) Wᵀ + b (n, B, H), computed by the caller's GEMMs, and ‖W_j‖².
+//   forward:  p_b = (1/n) Σ_s Σ_j (φ'(z_bj) − φ'(z̃_sbj))² ‖W_j‖²
+//   backward: with g_b the upstream gradient and Δ_sbj = φ'(z_bj) − φ'(z̃_sbj),
+//     dz_bj    =  (2/n) g_b ‖W_j‖² φ''(z_bj)   Σ_s Δ_sbj
+//     dz̃_sbj  = −(2/n) g_b ‖W_j‖² φ''(z̃_sbj) Δ_sbj
+//     d‖W_j‖²  =  (1/n) Σ_b g_b Σ_s Δ_sbj²
+// φ'(z) of a row is computed once and reused for its n copies. One pass each
+// way; the per-unit sum of the backward is reduced in fixed chunks of rows
+// (deterministic whatever the thread count).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "fastcae/cae_math.h"
+#include "fastcae/encode.h"
+
+namespace fastcae {
+namespace {
+
+// φ'(z) (and φ''(z) when curvature is not null) of one row.
+template <Activation A, typename scalar_t>
+FASTCAE_CPU_CLONES void slope_row(const scalar_t* preact, scalar_t* slope, scalar_t* curvature,
+                                  int64_t cols) {
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) {
+    const CodeAndSlope<scalar_t> value = ActivationMath<A>::forward(preact[j]);
+    slope[j] = value.dphi;
+    if (curvature != nullptr) curvature[j] = ActivationMath<A>::d2phi(value.code, value.dphi);
+  }
+}
+
+// Σ_j (slope_j − φ'(z̃_j))² ‖W_j‖² of one corrupted row.
+template <Activation A, typename scalar_t>
+FASTCAE_CPU_CLONES scalar_t gap_row(const scalar_t* slope, const scalar_t* noisy_preact,
+                                    const scalar_t* row_norms_sq, int64_t cols) {
+  scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < cols; ++j) {
+    const scalar_t gap = slope[j] - ActivationMath<A>::forward(noisy_preact[j]).dphi;
+    sum += gap * gap * row_norms_sq[j];
+  }
+  return sum;
+}
+
+// One corrupted row of the backward: writes dz̃, adds to dz's Σ_s Δ and to the unit sums Σ Δ².
+template <Activation A, typename scalar_t>
+FASTCAE_CPU_CLONES void gap_grad_row(const scalar_t* slope, const scalar_t* noisy_preact,
+                                     const scalar_t* row_norms_sq, scalar_t scale,
+                                     scalar_t* grad_noisy, scalar_t* gap_sum, scalar_t* unit_sum,
+                                     scalar_t grad_b, int64_t cols) {
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) {
+    const CodeAndSlope<scalar_t> value = ActivationMath<A>::forward(noisy_preact[j]);
+    const scalar_t gap = slope[j] - value.dphi;
+    if (grad_noisy != nullptr) {
+      grad_noisy[j] = -scale * row_norms_sq[j] * ActivationMath<A>::d2phi(value.code, value.dphi) * gap;
+    }
+    gap_sum[j] += gap;
+    unit_sum[j] += grad_b * gap * gap;
+  }
+}
+
+}  // namespace
+
+at::Tensor hessian_forward_cpu(const at::Tensor& preact_in, const at::Tensor& noisy_in,
+                               const at::Tensor& norms_in, c10::string_view activation_name) {
+  check_hessian_inputs(preact_in, noisy_in, norms_in);
+  const Activation activation = parse_activation(activation_name);
+  const at::Tensor preact = preact_in.contiguous();
+  const at::Tensor noisy = noisy_in.contiguous();
+  const at::Tensor norms = norms_in.contiguous();
+  const int64_t copies = noisy.size(0);
+  const int64_t batch = preact.size(0);
+  const int64_t hidden = preact.size(1);
+  at::Tensor penalty = at::empty({batch}, preact.options());
+  AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_forward_cpu", [&] {
+    const scalar_t* z = preact.const_data_ptr<scalar_t>();
+    const scalar_t* z_noisy = noisy.const_data_ptr<scalar_t>();
+    const scalar_t* rn = norms.const_data_ptr<scalar_t>();
+    scalar_t* out = penalty.mutable_data_ptr<scalar_t>();
+    const int64_t grain = rows_per_task(copies * hidden);
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> slope(hidden);
+        for (int64_t b = begin; b < end; ++b) {
+          slope_row<A, scalar_t>(z + b * hidden, slope.data(), nullptr, hidden);
+          scalar_t sum = 0;
+          for (int64_t s = 0; s < copies; ++s) {
+            sum += gap_row<A, scalar_t>(slope.data(), z_noisy + (s * batch + b) * hidden, rn, hidden);
+          }
+          out[b] = copies > 0 ? sum / static_cast<scalar_t>(copies) : scalar_t(0);
+        }
+      });
+    });
+  });
+  return penalty;
+}
+
+HessianBackwardResult hessian_backward_cpu(const at::Tensor& grad_penalty, const at::Tensor& preact_in,
+                                           const at::Tensor& noisy_in, const at::Tensor& norms_in,
+                                           c10::string_view activation_name,
+                                           std::array<bool, 3> output_mask) {
+  check_hessian_inputs(preact_in, noisy_in, norms_in);
+  const Activation activation = parse_activation(activation_name);
+  const auto [need_preact, need_noisy, need_norms] = output_mask;
+  const at::Tensor preact = preact_in.contiguous();
+  const at::Tensor noisy = noisy_in.contiguous();
+  const at::Tensor norms = norms_in.contiguous();
+  const int64_t copies = noisy.size(0);
+  const int64_t batch = preact.size(0);
+  const int64_t hidden = preact.size(1);
+  TORCH_CHECK_VALUE(grad_penalty.dim() == 1 && grad_penalty.size(0) == batch,
+                    "fastcae: grad_penalty must have shape (", batch, ",), got ", grad_penalty.sizes());
+  const at::Tensor grad = grad_penalty.to(preact.scalar_type());
+
+  at::Tensor grad_preact = need_preact ? at::empty_like(preact) : at::Tensor();
+  at::Tensor grad_noisy = need_noisy ? at::empty_like(noisy) : at::Tensor();
+  const int64_t chunk_rows = backward_chunk_rows(batch);
+  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
+  at::Tensor partials = at::zeros({num_chunks, hidden}, preact.options());
+
+  AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_backward_cpu", [&] {
+    const scalar_t* z = preact.const_data_ptr<scalar_t>();
+    const scalar_t* z_noisy = noisy.const_data_ptr<scalar_t>();
+    const scalar_t* rn = norms.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const int64_t g_stride = grad.stride(0);
+    scalar_t* grad_z = need_preact ? grad_preact.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* grad_z_noisy = need_noisy ? grad_noisy.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* partial_data = partials.mutable_data_ptr<scalar_t>();
+    const scalar_t inv_copies = copies > 0 ? scalar_t(1) / static_cast<scalar_t>(copies) : scalar_t(0);
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+        std::vector<scalar_t> slope(hidden), curvature(hidden), gap_sum(hidden);
+        for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+          scalar_t* unit_sum = partial_data + chunk * hidden;
+          const int64_t row_end = std::min(batch, (chunk + 1) * chunk_rows);
+          for (int64_t b = chunk * chunk_rows; b < row_end; ++b) {
+            const scalar_t grad_b = g[b * g_stride];
+            const scalar_t scale = 2 * grad_b * inv_copies;
+            slope_row<A, scalar_t>(z + b * hidden, slope.data(), curvature.data(), hidden);
+            std::fill(gap_sum.begin(), gap_sum.end(), scalar_t(0));
+            for (int64_t s = 0; s < copies; ++s) {
+              const int64_t offset = (s * batch + b) * hidden;
+              gap_grad_row<A, scalar_t>(slope.data(), z_noisy + offset, rn, scale,
+                                        grad_z_noisy ? grad_z_noisy + offset : nullptr, gap_sum.data(),
+                                        unit_sum, grad_b, hidden);
+            }
+            if (grad_z != nullptr) {
+              scalar_t* row = grad_z + b * hidden;
+              for (int64_t j = 0; j < hidden; ++j) row[j] = scale * rn[j] * curvature[j] * gap_sum[j];
+            }
+          }
+        }
+      });
+    });
+  });
+  at::Tensor grad_norms = need_norms ? partials.sum(0).mul_(copies > 0 ? 1.0 / copies : 0.0) : at::Tensor();
+  return {grad_preact, grad_noisy, grad_norms};
+}
+
+TORCH_LIBRARY_IMPL(fastcae, CPU, m) {
+  m.impl("hessian_forward", &hessian_forward_cpu);
+  m.impl("hessian_backward", &hessian_backward_cpu);
+}
+
+}  // namespace fastcae
