@@ -45,8 +45,10 @@ test: install
 	FASTCAE_BENCH_QUICK=1 $(PY) -m pytest benchmarks -q -p no:cacheprovider
 
 bench: install
-	$(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-out-dir=$(BENCH_OUT)
+	FASTCAE_BENCH_OUT=$(BENCH_OUT) $(PY) -m pytest benchmarks -p no:cacheprovider
+	$(PY) -m benchmarks.targets --device $$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')") --out-dir $(BENCH_OUT)
 
+# OUT=folder for the results (the script installs into the current Python, no venv).
 gpu-check:
 	bash scripts/gpu_check.sh $(OUT)
 

@@ -140,9 +140,22 @@ def text_table(records: list[Record]) -> str:
     return "\n".join(out)
 
 
+SCAN_AXES = (
+    ("batch", 0, "B (batch)"),
+    ("in_features", 1, "D (input features)"),
+    ("hidden", 2, "H (hidden units)"),
+)
+
+
+def _dims(label: str) -> tuple[int, int, int]:
+    batch, in_features, hidden = (int(v) for v in label.strip("()").split(","))
+    return batch, in_features, hidden
+
+
 def plot(records: list[Record], path: Path, title: str) -> bool:
-    """Time vs problem size (B·D·H), log-log, one line per method and one
-    panel per (dtype, mode). Returns False when matplotlib is missing."""
+    """Time vs problem size, log-log, one line per method: one row per (dtype,
+    mode), one panel per scanned dimension (B, D or H varied around the first
+    shape of the grid, the others fixed). Returns False without matplotlib."""
     try:
         import matplotlib
 
@@ -150,28 +163,45 @@ def plot(records: list[Record], path: Path, title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    if not records:
+        return False
     groups = sorted({(r.dtype, r.mode) for r in records}, key=lambda g: (g[0], g[1] != "forward"))
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 5), squeeze=False)
-    for ax, (dtype, mode) in zip(axes[0], groups, strict=True):
-        for name in METHOD_NAMES:
-            points = sorted(
-                (r.gemm_macs, r.median_s)
-                for r in records
-                if (r.dtype, r.mode, r.method) == (dtype, mode, name) and r.status == "ok"
-            )
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, [y * 1e3 for y in ys], marker="o", label=name)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("B·D·H (multiply-adds of the encoder GEMM)")
-        ax.set_ylabel("median time per call (ms)")
-        ax.set_title(f"{mode}, {dtype}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    base = _dims(records[0].shape)
+    scans = []
+    for _, axis, label in SCAN_AXES:
+        shapes = {_dims(r.shape) for r in records}
+        in_scan = sorted(s for s in shapes if all(s[i] == base[i] for i in range(3) if i != axis))
+        if len(in_scan) >= 2:
+            scans.append((axis, label, in_scan))
+    fig, axes = plt.subplots(
+        len(groups), len(scans), figsize=(5.2 * len(scans), 4.2 * len(groups)), squeeze=False
+    )
+    for row, (dtype, mode) in enumerate(groups):
+        for col, (axis, label, in_scan) in enumerate(scans):
+            ax = axes[row][col]
+            for name in METHOD_NAMES:
+                points = sorted(
+                    (_dims(r.shape)[axis], r.median_s)
+                    for r in records
+                    if (r.dtype, r.mode, r.method) == (dtype, mode, name)
+                    and r.status == "ok"
+                    and _dims(r.shape) in in_scan
+                )
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    color = f"C{METHOD_NAMES.index(name)}"  # one color per method in every panel
+                    ax.plot(xs, [y * 1e3 for y in ys], marker="o", label=name, color=color)
+            others = [f"{n}={base[i]}" for i, n in enumerate("BDH") if i != axis]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel("median time per call (ms)")
+            ax.set_title(f"{mode}, {dtype} ({', '.join(others)})", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

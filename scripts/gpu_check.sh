@@ -12,9 +12,10 @@
 #
 # Output folder: summary.txt (device, versions, outcome of each phase),
 # build.log, tests.xml + tests.log (JUnit and text), bench.log and the
-# benchmark files <device>.json / .md / .png. Each phase has a time limit so
-# the whole run stays inside 10 minutes; a phase that fails or times out is
-# reported and the next one still runs.
+# benchmark files <device>.json / .md / .png, targets.log and
+# <device>-targets.txt / .json. Each phase has a time limit so the whole run
+# stays inside 10 minutes; a phase that fails or times out is reported and
+# the next one still runs.
 set -uo pipefail
 
 OUT="${1:-${OUT:-}}"
@@ -82,14 +83,19 @@ run_phase build 120 bash -c "'$PY' -m pip install --no-build-isolation --no-deps
 
 # Tests on the GPU: every backend, bf16/fp16 included. Triton autotuning is off
 # in tests (tests/conftest.py: one config per kernel) so compile time stays bounded.
-run_phase tests 200 bash -c "'$PY' -m pytest tests -q -p no:cacheprovider -m 'not slow' \
+run_phase tests 180 bash -c "'$PY' -m pytest tests -q -p no:cacheprovider -m 'not slow' \
     --junitxml='$OUT/tests.xml' > '$OUT/tests.log' 2>&1"
 tail -n 3 "$OUT/tests.log" | tee -a "$SUMMARY"
 
 # Benchmarks: autotuned kernels, float32 and bfloat16, every available backend.
-run_phase bench 240 bash -c "FASTCAE_BENCH_OUT='$OUT' '$PY' -m pytest benchmarks -p no:cacheprovider \
+run_phase bench 180 bash -c "FASTCAE_BENCH_OUT='$OUT' '$PY' -m pytest benchmarks -p no:cacheprovider \
     > '$OUT/bench.log' 2>&1"
 grep -A 1000 "fastcae benchmark summary" "$OUT/bench.log" | head -n 200 >> "$SUMMARY"
+
+# The issues' GPU targets, timed interleaved in one process.
+run_phase targets 120 bash -c "'$PY' -m benchmarks.targets --device cuda --rounds 50 --out-dir '$OUT' \
+    > '$OUT/targets.log' 2>&1"
+grep TARGET "$OUT/targets.log" | tee -a "$SUMMARY"
 
 note "results in $OUT"
 exit $status
