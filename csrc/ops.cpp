@@ -86,8 +86,8 @@ void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
   }
 }
 
-void check_hessian_inputs(const at::Tensor& preact, const at::Tensor& noisy_preact,
-                          const at::Tensor& row_norms_sq) {
+HessianProblem prepare_hessian(const at::Tensor& preact, const at::Tensor& noisy_preact,
+                               const at::Tensor& row_norms_sq) {
   TORCH_CHECK_VALUE(preact.dim() == 2, "fastcae: preact must be 2-D (batch, hidden), got shape ",
                     preact.sizes());
   TORCH_CHECK_VALUE(noisy_preact.dim() == 3 && noisy_preact.size(1) == preact.size(0) &&
@@ -106,6 +106,33 @@ void check_hessian_inputs(const at::Tensor& preact, const at::Tensor& noisy_prea
     TORCH_CHECK_VALUE(t->device() == preact.device(), "fastcae: CAE+H inputs need one device, got ",
                       preact.device(), " and ", t->device());
   }
+  return {preact.contiguous(), noisy_preact.contiguous(), row_norms_sq.contiguous(),
+          noisy_preact.size(0),  preact.size(0),          preact.size(1)};
+}
+
+HessianGrads prepare_hessian_grads(const HessianProblem& problem, const at::Tensor& grad_penalty,
+                                   std::array<bool, 3> output_mask) {
+  TORCH_CHECK_VALUE(grad_penalty.dim() == 1 && grad_penalty.size(0) == problem.batch,
+                    "fastcae: grad_penalty must have shape (", problem.batch, ",), got ",
+                    grad_penalty.sizes());
+  const auto [need_preact, need_noisy, need_norms] = output_mask;
+  const int64_t chunk_rows = backward_chunk_rows(problem.batch);
+  const int64_t num_chunks = (problem.batch + chunk_rows - 1) / chunk_rows;
+  return {grad_penalty.to(problem.preact.scalar_type()),
+          need_preact ? at::empty_like(problem.preact) : at::Tensor(),
+          need_noisy ? at::empty_like(problem.noisy_preact) : at::Tensor(),
+          at::zeros({num_chunks, problem.hidden}, problem.preact.options()),
+          chunk_rows,
+          num_chunks};
+}
+
+HessianBackwardResult finish_hessian_backward(const HessianProblem& problem, const HessianGrads& grads,
+                                              bool need_row_norms_sq) {
+  at::Tensor grad_norms;
+  if (need_row_norms_sq) {
+    grad_norms = grads.partials.sum(0).mul_(problem.copies > 0 ? 1.0 / problem.copies : 0.0);
+  }
+  return {grads.grad_preact, grads.grad_noisy_preact, grad_norms};
 }
 
 EncodeBackwardResult finish_backward(const at::Tensor& grad_preact, const at::Tensor& unit_sums,

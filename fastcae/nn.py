@@ -330,22 +330,18 @@ class StackedContractiveAutoencoder(nn.Module):
         """
         history = []
         for depth, layer in enumerate(self.layers):
-            opt = optimizer(layer.parameters(), lr=lr)
-            losses = []
-            for epoch in range(epochs):
-                total, count = 0.0, 0
-                for x in batches():
-                    with torch.no_grad():
-                        inputs = self.encode(x, depth)
-                    loss = layer.loss(inputs).total
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total, count = total + loss.item(), count + 1
-                losses.append(total / max(count, 1))
-                if on_epoch is not None:
-                    on_epoch(depth, epoch, losses[-1])
-            history.append(losses)
+
+            def layer_loss(x: Tensor, depth: int = depth, layer: ContractiveAutoencoder = layer) -> Tensor:
+                with torch.no_grad():
+                    inputs = self.encode(x, depth)
+                return layer.loss(inputs).total
+
+            report = (
+                None if on_epoch is None else (lambda epoch, loss, depth=depth: on_epoch(depth, epoch, loss))
+            )
+            history.append(
+                _train_epochs(layer.parameters(), batches, layer_loss, epochs, lr, optimizer, report)
+            )
         return history
 
     def fine_tune(
@@ -358,20 +354,35 @@ class StackedContractiveAutoencoder(nn.Module):
         on_epoch: Callable[[int, float], None] | None = None,
     ) -> list[float]:
         """Joint training of all layers on :meth:`loss`; returns the mean loss per epoch."""
-        opt = optimizer(self.parameters(), lr=lr)
-        losses = []
-        for epoch in range(epochs):
-            total, count = 0.0, 0
-            for x in batches():
-                loss = self.loss(x).total
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, count = total + loss.item(), count + 1
-            losses.append(total / max(count, 1))
-            if on_epoch is not None:
-                on_epoch(epoch, losses[-1])
-        return losses
+        return _train_epochs(
+            self.parameters(), batches, lambda x: self.loss(x).total, epochs, lr, optimizer, on_epoch
+        )
+
+
+def _train_epochs(
+    parameters: Iterable[nn.Parameter],
+    batches: Batches,
+    loss_of: Callable[[Tensor], Tensor],
+    epochs: int,
+    lr: float,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    on_epoch: Callable[[int, float], None] | None,
+) -> list[float]:
+    """Minimize loss_of over the batches for some epochs; returns each epoch's mean loss."""
+    opt = optimizer(parameters, lr=lr)
+    losses = []
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for x in batches():
+            loss = loss_of(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + loss.item(), count + 1
+        losses.append(total / max(count, 1))
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    return losses
 
 
 __all__ = [

@@ -75,7 +75,9 @@ def main() -> None:
     raw_probe = linear_probe(train_part.x, train_part.y, test.x, test.y)
     cae = runs["CAE"]["model"]
     plot_tangents(cae, test.x, (8, 8), out / "tangents.png", samples=6, k=4, neighbors=12)
-    plot_tangents(runs["AE (λ = 0)"]["model"], test.x, (8, 8), out / "tangents_ae.png", samples=6, k=4, neighbors=12)
+    plot_tangents(
+        runs["AE (λ = 0)"]["model"], test.x, (8, 8), out / "tangents_ae.png", samples=6, k=4, neighbors=12
+    )
     plot_filters(cae.encoder.weight.detach(), (8, 8), out / "filters.png", count=64)
 
     rows = [r["row"] for r in runs.values()]
@@ -83,16 +85,23 @@ def main() -> None:
                "settings": {**common, "lambda": args.contractive_weight}, "models": rows}  # fmt: skip
     (out / "evidence.json").write_text(json.dumps(summary, indent=2))
     lines = [
-        f"| model | λ | held-out reconstruction (BCE) | mean ‖J‖_F | singular values < 1 | "
-        f"largest singular values | linear probe (codes) | ‖W_enc‖_F | ‖W_dec‖_F |",
+        "| model | λ | held-out reconstruction (BCE) | mean ‖J‖_F | singular values < 1 | "
+        "largest singular values | linear probe (codes) | ‖W_enc‖_F | ‖W_dec‖_F |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['lambda']} | {r['test_reconstruction']:.2f} | {r['jacobian_frobenius_mean']:.3f} | "
-            f"{100 * r['fraction_singular_values_below_one']:.1f}% | {', '.join(map(str, r['top_singular_values'][:3]))} | "
-            f"{r['linear_probe_codes']:.3f} | {r['encoder_weight_norm']:.2f} | {r['decoder_weight_norm']:.2f} |"
-        )
+        cells = [
+            r["model"],
+            str(r["lambda"]),
+            f"{r['test_reconstruction']:.2f}",
+            f"{r['jacobian_frobenius_mean']:.3f}",
+            f"{100 * r['fraction_singular_values_below_one']:.1f}%",
+            ", ".join(map(str, r["top_singular_values"][:3])),
+            f"{r['linear_probe_codes']:.3f}",
+            f"{r['encoder_weight_norm']:.2f}",
+            f"{r['decoder_weight_norm']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"| raw pixels | | | | | | {raw_probe:.3f} | | |")
     (out / "evidence.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -70,26 +70,23 @@ FASTCAE_CPU_CLONES void gap_grad_row(const scalar_t* slope, const scalar_t* nois
 
 }  // namespace
 
-at::Tensor hessian_forward_cpu(const at::Tensor& preact_in, const at::Tensor& noisy_in,
-                               const at::Tensor& norms_in, c10::string_view activation_name) {
-  check_hessian_inputs(preact_in, noisy_in, norms_in);
+at::Tensor hessian_forward_cpu(const at::Tensor& preact, const at::Tensor& noisy_preact,
+                               const at::Tensor& row_norms_sq, c10::string_view activation_name) {
+  const HessianProblem problem = prepare_hessian(preact, noisy_preact, row_norms_sq);
   const Activation activation = parse_activation(activation_name);
-  const at::Tensor preact = preact_in.contiguous();
-  const at::Tensor noisy = noisy_in.contiguous();
-  const at::Tensor norms = norms_in.contiguous();
-  const int64_t copies = noisy.size(0);
-  const int64_t batch = preact.size(0);
-  const int64_t hidden = preact.size(1);
-  at::Tensor penalty = at::empty({batch}, preact.options());
-  AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_forward_cpu", [&] {
-    const scalar_t* z = preact.const_data_ptr<scalar_t>();
-    const scalar_t* z_noisy = noisy.const_data_ptr<scalar_t>();
-    const scalar_t* rn = norms.const_data_ptr<scalar_t>();
+  // Plain copies, not a structured binding: C++17 lambdas cannot capture those.
+  const int64_t copies = problem.copies;
+  const int64_t batch = problem.batch;
+  const int64_t hidden = problem.hidden;
+  at::Tensor penalty = at::empty({batch}, problem.preact.options());
+  AT_DISPATCH_FLOATING_TYPES(problem.preact.scalar_type(), "hessian_forward_cpu", [&] {
+    const scalar_t* z = problem.preact.const_data_ptr<scalar_t>();
+    const scalar_t* z_noisy = problem.noisy_preact.const_data_ptr<scalar_t>();
+    const scalar_t* rn = problem.row_norms_sq.const_data_ptr<scalar_t>();
     scalar_t* out = penalty.mutable_data_ptr<scalar_t>();
-    const int64_t grain = rows_per_task(copies * hidden);
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, batch, rows_per_task(copies * hidden), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> slope(hidden);
         for (int64_t b = begin; b < end; ++b) {
           slope_row<A, scalar_t>(z + b * hidden, slope.data(), nullptr, hidden);
@@ -105,42 +102,33 @@ at::Tensor hessian_forward_cpu(const at::Tensor& preact_in, const at::Tensor& no
   return penalty;
 }
 
-HessianBackwardResult hessian_backward_cpu(const at::Tensor& grad_penalty, const at::Tensor& preact_in,
-                                           const at::Tensor& noisy_in, const at::Tensor& norms_in,
+HessianBackwardResult hessian_backward_cpu(const at::Tensor& grad_penalty, const at::Tensor& preact,
+                                           const at::Tensor& noisy_preact, const at::Tensor& row_norms_sq,
                                            c10::string_view activation_name,
                                            std::array<bool, 3> output_mask) {
-  check_hessian_inputs(preact_in, noisy_in, norms_in);
+  const HessianProblem problem = prepare_hessian(preact, noisy_preact, row_norms_sq);
   const Activation activation = parse_activation(activation_name);
-  const auto [need_preact, need_noisy, need_norms] = output_mask;
-  const at::Tensor preact = preact_in.contiguous();
-  const at::Tensor noisy = noisy_in.contiguous();
-  const at::Tensor norms = norms_in.contiguous();
-  const int64_t copies = noisy.size(0);
-  const int64_t batch = preact.size(0);
-  const int64_t hidden = preact.size(1);
-  TORCH_CHECK_VALUE(grad_penalty.dim() == 1 && grad_penalty.size(0) == batch,
-                    "fastcae: grad_penalty must have shape (", batch, ",), got ", grad_penalty.sizes());
-  const at::Tensor grad = grad_penalty.to(preact.scalar_type());
+  HessianGrads grads = prepare_hessian_grads(problem, grad_penalty, output_mask);
+  // Plain copies, not a structured binding: C++17 lambdas cannot capture those.
+  const int64_t copies = problem.copies;
+  const int64_t batch = problem.batch;
+  const int64_t hidden = problem.hidden;
+  const int64_t chunk_rows = grads.chunk_rows;
 
-  at::Tensor grad_preact = need_preact ? at::empty_like(preact) : at::Tensor();
-  at::Tensor grad_noisy = need_noisy ? at::empty_like(noisy) : at::Tensor();
-  const int64_t chunk_rows = backward_chunk_rows(batch);
-  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
-  at::Tensor partials = at::zeros({num_chunks, hidden}, preact.options());
-
-  AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_backward_cpu", [&] {
-    const scalar_t* z = preact.const_data_ptr<scalar_t>();
-    const scalar_t* z_noisy = noisy.const_data_ptr<scalar_t>();
-    const scalar_t* rn = norms.const_data_ptr<scalar_t>();
-    const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const int64_t g_stride = grad.stride(0);
-    scalar_t* grad_z = need_preact ? grad_preact.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* grad_z_noisy = need_noisy ? grad_noisy.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* partial_data = partials.mutable_data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES(problem.preact.scalar_type(), "hessian_backward_cpu", [&] {
+    const scalar_t* z = problem.preact.const_data_ptr<scalar_t>();
+    const scalar_t* z_noisy = problem.noisy_preact.const_data_ptr<scalar_t>();
+    const scalar_t* rn = problem.row_norms_sq.const_data_ptr<scalar_t>();
+    const scalar_t* g = grads.grad_penalty.const_data_ptr<scalar_t>();
+    const int64_t g_stride = grads.grad_penalty.stride(0);
+    scalar_t* grad_z = grads.grad_preact.defined() ? grads.grad_preact.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* grad_z_noisy =
+        grads.grad_noisy_preact.defined() ? grads.grad_noisy_preact.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* partial_data = grads.partials.mutable_data_ptr<scalar_t>();
     const scalar_t inv_copies = copies > 0 ? scalar_t(1) / static_cast<scalar_t>(copies) : scalar_t(0);
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      at::parallel_for(0, grads.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
         std::vector<scalar_t> slope(hidden), curvature(hidden), gap_sum(hidden);
         for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
           scalar_t* unit_sum = partial_data + chunk * hidden;
@@ -165,8 +153,7 @@ HessianBackwardResult hessian_backward_cpu(const at::Tensor& grad_penalty, const
       });
     });
   });
-  at::Tensor grad_norms = need_norms ? partials.sum(0).mul_(copies > 0 ? 1.0 / copies : 0.0) : at::Tensor();
-  return {grad_preact, grad_noisy, grad_norms};
+  return finish_hessian_backward(problem, grads, output_mask[2]);
 }
 
 TORCH_LIBRARY_IMPL(fastcae, CPU, m) {

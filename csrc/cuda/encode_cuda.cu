@@ -284,71 +284,53 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
   return finish_backward(grad_preact, unit_sums, x, weight, has_grad_penalty, output_mask);
 }
 
-at::Tensor hessian_forward_cuda(const at::Tensor& preact_in, const at::Tensor& noisy_in,
-                                const at::Tensor& norms_in, c10::string_view activation_name) {
-  check_hessian_inputs(preact_in, noisy_in, norms_in);
+at::Tensor hessian_forward_cuda(const at::Tensor& preact, const at::Tensor& noisy_preact,
+                                const at::Tensor& row_norms_sq, c10::string_view activation_name) {
+  const HessianProblem problem = prepare_hessian(preact, noisy_preact, row_norms_sq);
   const Activation activation = parse_activation(activation_name);
-  const c10::cuda::CUDAGuard device_guard(preact_in.device());
-  const at::Tensor preact = preact_in.contiguous();
-  const at::Tensor noisy = noisy_in.contiguous();
-  const at::Tensor norms = norms_in.contiguous();
-  const int64_t copies = noisy.size(0);
-  const int64_t batch = preact.size(0);
-  const int64_t hidden = preact.size(1);
-  at::Tensor penalty = at::zeros({batch}, preact.options());
-  if (batch == 0 || hidden == 0) return penalty;
-  AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_forward_cuda", [&] {
+  const c10::cuda::CUDAGuard device_guard(preact.device());
+  at::Tensor penalty = at::zeros({problem.batch}, problem.preact.options());
+  if (problem.batch == 0 || problem.hidden == 0) return penalty;
+  AT_DISPATCH_FLOATING_TYPES(problem.preact.scalar_type(), "hessian_forward_cuda", [&] {
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      hessian_forward_kernel<A, scalar_t>
-          <<<blocks_for(batch, kWarpsPerBlock), kWarpsPerBlock * kWarpSize, 0, at::cuda::getCurrentCUDAStream()>>>(
-              preact.const_data_ptr<scalar_t>(), noisy.const_data_ptr<scalar_t>(), norms.const_data_ptr<scalar_t>(),
-              penalty.mutable_data_ptr<scalar_t>(), copies, batch, hidden);
+      hessian_forward_kernel<A, scalar_t><<<blocks_for(problem.batch, kWarpsPerBlock), kWarpsPerBlock * kWarpSize,
+                                            0, at::cuda::getCurrentCUDAStream()>>>(
+          problem.preact.const_data_ptr<scalar_t>(), problem.noisy_preact.const_data_ptr<scalar_t>(),
+          problem.row_norms_sq.const_data_ptr<scalar_t>(), penalty.mutable_data_ptr<scalar_t>(), problem.copies,
+          problem.batch, problem.hidden);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return penalty;
 }
 
-HessianBackwardResult hessian_backward_cuda(const at::Tensor& grad_penalty, const at::Tensor& preact_in,
-                                            const at::Tensor& noisy_in, const at::Tensor& norms_in,
+HessianBackwardResult hessian_backward_cuda(const at::Tensor& grad_penalty, const at::Tensor& preact,
+                                            const at::Tensor& noisy_preact, const at::Tensor& row_norms_sq,
                                             c10::string_view activation_name,
                                             std::array<bool, 3> output_mask) {
-  check_hessian_inputs(preact_in, noisy_in, norms_in);
+  const HessianProblem problem = prepare_hessian(preact, noisy_preact, row_norms_sq);
   const Activation activation = parse_activation(activation_name);
-  const c10::cuda::CUDAGuard device_guard(preact_in.device());
-  const auto [need_preact, need_noisy, need_norms] = output_mask;
-  const at::Tensor preact = preact_in.contiguous();
-  const at::Tensor noisy = noisy_in.contiguous();
-  const at::Tensor norms = norms_in.contiguous();
-  const int64_t copies = noisy.size(0);
-  const int64_t batch = preact.size(0);
-  const int64_t hidden = preact.size(1);
-  TORCH_CHECK_VALUE(grad_penalty.dim() == 1 && grad_penalty.size(0) == batch,
-                    "fastcae: grad_penalty must have shape (", batch, ",), got ", grad_penalty.sizes());
-  const at::Tensor grad = grad_penalty.to(preact.scalar_type());
-  at::Tensor grad_preact = need_preact ? at::empty_like(preact) : at::Tensor();
-  at::Tensor grad_noisy = need_noisy ? at::empty_like(noisy) : at::Tensor();
-  const int64_t chunk_rows = backward_chunk_rows(batch);
-  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
-  at::Tensor partials = at::zeros({num_chunks, hidden}, preact.options());
-  if (batch > 0 && hidden > 0) {
-    AT_DISPATCH_FLOATING_TYPES(preact.scalar_type(), "hessian_backward_cuda", [&] {
-      const dim3 grid(blocks_for(hidden, kUnitsPerBlock), num_chunks);
+  const c10::cuda::CUDAGuard device_guard(preact.device());
+  HessianGrads grads = prepare_hessian_grads(problem, grad_penalty, output_mask);
+  if (problem.batch > 0 && problem.hidden > 0) {
+    AT_DISPATCH_FLOATING_TYPES(problem.preact.scalar_type(), "hessian_backward_cuda", [&] {
+      const dim3 grid(blocks_for(problem.hidden, kUnitsPerBlock), grads.num_chunks);
       dispatch_activation(activation, [&](auto act) {
         constexpr Activation A = decltype(act)::value;
         hessian_backward_kernel<A, scalar_t><<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad.const_data_ptr<scalar_t>(), grad.stride(0), preact.const_data_ptr<scalar_t>(),
-            noisy.const_data_ptr<scalar_t>(), norms.const_data_ptr<scalar_t>(),
-            need_preact ? grad_preact.mutable_data_ptr<scalar_t>() : nullptr,
-            need_noisy ? grad_noisy.mutable_data_ptr<scalar_t>() : nullptr, partials.mutable_data_ptr<scalar_t>(),
-            copies, batch, hidden, chunk_rows);
+            grads.grad_penalty.const_data_ptr<scalar_t>(), grads.grad_penalty.stride(0),
+            problem.preact.const_data_ptr<scalar_t>(), problem.noisy_preact.const_data_ptr<scalar_t>(),
+            problem.row_norms_sq.const_data_ptr<scalar_t>(),
+            grads.grad_preact.defined() ? grads.grad_preact.mutable_data_ptr<scalar_t>() : nullptr,
+            grads.grad_noisy_preact.defined() ? grads.grad_noisy_preact.mutable_data_ptr<scalar_t>() : nullptr,
+            grads.partials.mutable_data_ptr<scalar_t>(), problem.copies, problem.batch, problem.hidden,
+            grads.chunk_rows);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   }
-  at::Tensor grad_norms = need_norms ? partials.sum(0).mul_(copies > 0 ? 1.0 / copies : 0.0) : at::Tensor();
-  return {grad_preact, grad_noisy, grad_norms};
+  return finish_hessian_backward(problem, grads, output_mask[2]);
 }
 
 TORCH_LIBRARY_IMPL(fastcae, CUDA, m) {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reference import penalty_dtype
+from .reference import empty_encode_outputs
 
 try:
     from .. import _C  # registers torch.ops.fastcae.* as a side effect
@@ -47,13 +47,7 @@ def hessian_extension(preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor
 def _encode_forward_fake(
     x: Tensor, weight: Tensor, bias: Tensor | None, activation: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    batch, hidden = x.shape[0], weight.shape[0]
-    acc_dtype = penalty_dtype(x.dtype)
-    return (
-        x.new_empty((batch, hidden)),
-        x.new_empty((batch,), dtype=acc_dtype),
-        x.new_empty((hidden,), dtype=acc_dtype),
-    )
+    return empty_encode_outputs(x, weight)
 
 
 def _encode_backward_fake(

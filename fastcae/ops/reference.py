@@ -18,6 +18,18 @@ def penalty_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def empty_encode_outputs(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Uninitialized (h (B, H), p (B,), ‖W_j‖² (H,)) with the dtypes every fused op returns:
+    the shape contract of the fused ops (their fake kernels for torch.compile use it)."""
+    batch, hidden = x.shape[0], weight.shape[0]
+    acc_dtype = penalty_dtype(x.dtype)
+    return (
+        x.new_empty((batch, hidden)),
+        x.new_empty((batch,), dtype=acc_dtype),
+        x.new_empty((hidden,), dtype=acc_dtype),
+    )
+
+
 def encode_torch(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
     """Closed form of the encoder and its contractive penalty, eagerly.
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..activations import ACTIVATIONS
-from .reference import penalty_dtype
+from .reference import empty_encode_outputs
 
 
 def interpreter_enabled() -> bool:
@@ -120,13 +120,7 @@ def triton_encode_forward(
 
 @triton_encode_forward.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> tuple[Tensor, Tensor, Tensor]:
-    acc_dtype = penalty_dtype(x.dtype)
-    batch, hidden = x.shape[0], weight.shape[0]
-    return (
-        x.new_empty((batch, hidden)),
-        x.new_empty((batch,), dtype=acc_dtype),
-        x.new_empty((hidden,), dtype=acc_dtype),
-    )
+    return empty_encode_outputs(x, weight)
 
 
 @torch.library.custom_op("fastcae::triton_encode_backward", mutates_args=())

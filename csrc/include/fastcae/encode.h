@@ -82,8 +82,34 @@ decltype(auto) dispatch_activation(Activation activation, Fn&& fn) {
 //   hessian_backward -> (dp/dz, dp/dz̃, dp/d‖W_j‖²) scaled by g_p; undefined where
 //                       output_mask is false
 using HessianBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-void check_hessian_inputs(const at::Tensor& preact, const at::Tensor& noisy_preact,
-                          const at::Tensor& row_norms_sq);
+
+// Checked, contiguous CAE+H inputs and their sizes (the same for both devices).
+struct HessianProblem {
+  at::Tensor preact;        // (B, H)
+  at::Tensor noisy_preact;  // (n, B, H)
+  at::Tensor row_norms_sq;  // (H,)
+  int64_t copies;
+  int64_t batch;
+  int64_t hidden;
+};
+HessianProblem prepare_hessian(const at::Tensor& preact, const at::Tensor& noisy_preact,
+                               const at::Tensor& row_norms_sq);
+
+// The backward's upstream gradient (in the inputs' dtype), its outputs (undefined
+// where output_mask is false) and the per-chunk unit sums Σ_b g_b Σ_s Δ².
+struct HessianGrads {
+  at::Tensor grad_penalty;  // (B,)
+  at::Tensor grad_preact;
+  at::Tensor grad_noisy_preact;
+  at::Tensor partials;      // (num_chunks, H)
+  int64_t chunk_rows;
+  int64_t num_chunks;
+};
+HessianGrads prepare_hessian_grads(const HessianProblem& problem, const at::Tensor& grad_penalty,
+                                   std::array<bool, 3> output_mask);
+// Adds the chunks in order: d‖W_j‖² = (1/n) Σ_chunks partials, if asked for.
+HessianBackwardResult finish_hessian_backward(const HessianProblem& problem, const HessianGrads& grads,
+                                              bool need_row_norms_sq);
 
 at::Tensor hessian_forward_cpu(const at::Tensor& preact, const at::Tensor& noisy_preact,
                                const at::Tensor& row_norms_sq, c10::string_view activation);
