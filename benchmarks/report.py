@@ -167,21 +167,24 @@ def plot(records: list[Record], path: Path, title: str) -> bool:
         return False
     groups = sorted({(r.dtype, r.mode) for r in records}, key=lambda g: (g[0], g[1] != "forward"))
     base = _dims(records[0].shape)
+    shapes = {_dims(r.shape) for r in records}
+    # Each panel: (x value of a shape, x label, the shapes it plots).
     scans = []
     for _, axis, label in SCAN_AXES:
-        shapes = {_dims(r.shape) for r in records}
         in_scan = sorted(s for s in shapes if all(s[i] == base[i] for i in range(3) if i != axis))
         if len(in_scan) >= 2:
-            scans.append((axis, label, in_scan))
+            scans.append((lambda dims, axis=axis: dims[axis], label, in_scan, axis))
+    if not scans:  # a grid without scans (e.g. the quick grid): one panel over B·D·H
+        scans.append((lambda dims: dims[0] * dims[1] * dims[2], "B·D·H", sorted(shapes), None))
     fig, axes = plt.subplots(
         len(groups), len(scans), figsize=(5.2 * len(scans), 4.2 * len(groups)), squeeze=False
     )
     for row, (dtype, mode) in enumerate(groups):
-        for col, (axis, label, in_scan) in enumerate(scans):
+        for col, (x_of, label, in_scan, axis) in enumerate(scans):
             ax = axes[row][col]
             for name in METHOD_NAMES:
                 points = sorted(
-                    (_dims(r.shape)[axis], r.median_s)
+                    (x_of(_dims(r.shape)), r.median_s)
                     for r in records
                     if (r.dtype, r.mode, r.method) == (dtype, mode, name)
                     and r.status == "ok"
@@ -191,12 +194,12 @@ def plot(records: list[Record], path: Path, title: str) -> bool:
                     xs, ys = zip(*points, strict=True)
                     color = f"C{METHOD_NAMES.index(name)}"  # one color per method in every panel
                     ax.plot(xs, [y * 1e3 for y in ys], marker="o", label=name, color=color)
-            others = [f"{n}={base[i]}" for i, n in enumerate("BDH") if i != axis]
+            others = [f"{n}={base[i]}" for i, n in enumerate("BDH") if axis is not None and i != axis]
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("median time per call (ms)")
-            ax.set_title(f"{mode}, {dtype} ({', '.join(others)})", fontsize=10)
+            ax.set_title(f"{mode}, {dtype}" + (f" ({', '.join(others)})" if others else ""), fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle(title)
