@@ -18,6 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_USAGE = 2
+# Imported by some commands only; a missing one is a one-line error, not a traceback.
+OPTIONAL_PACKAGES = {"sklearn": "scikit-learn", "skimage": "scikit-image", "matplotlib": "matplotlib",
+                     "pytest": "pytest", "pytest_benchmark": "pytest-benchmark"}  # fmt: skip
 
 
 class UsageError(Exception):
@@ -226,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler[args.command](args)
     except UsageError as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in OPTIONAL_PACKAGES:
+            raise
+        print(f"fastcae: error: this command needs {OPTIONAL_PACKAGES[root]} "
+              f"(pip install 'fastcae[toolkit]' installs the toolkit's extras)", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
 
 

@@ -305,14 +305,18 @@ def write_run(out: Path, config, model, dataset, history, summary) -> None:
 def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[ContractiveAutoencoder, dict]:
-    """The model saved by :func:`train` and the checkpoint's other contents (config, dataset)."""
+    """The model saved by :func:`train` and the checkpoint's other contents (config, dataset).
+
+    The model is rebuilt with backend="auto", so a checkpoint trained with, say,
+    the "cuda" backend loads on any machine.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = torch.load(path, map_location=device, weights_only=True)
-    config = TrainConfig(**checkpoint["config"])
+    config = TrainConfig(**{**checkpoint["config"], "backend": "auto"})
     model = build_model(config, checkpoint["in_features"], torch.device(device))
     model.load_state_dict(checkpoint["model_state"])
     model.eval()

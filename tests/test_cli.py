@@ -140,3 +140,11 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(ddp_state[name], single_state[name], rtol=1e-4, atol=1e-5, msg=name)
     ddp_metrics = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
     assert len(ddp_metrics) == 3  # only rank 0 wrote, once
+
+
+def test_missing_optional_package_is_one_line(monkeypatch, capsys, tmp_path):
+    """Without scikit-learn (an optional extra) `train` says what to install instead of a traceback."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ModuleNotFoundError
+    assert main(["train", *QUICK_TRAIN, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scikit-learn" in err
