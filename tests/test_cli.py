@@ -144,7 +144,9 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
 
 def test_missing_optional_package_is_one_line(monkeypatch, capsys, tmp_path):
     """Without scikit-learn (an optional extra) `train` says what to install instead of a traceback."""
-    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ModuleNotFoundError
+    # None in sys.modules makes `import sklearn...` raise ModuleNotFoundError, even if imported before.
+    for name in [n for n in sys.modules if n == "sklearn" or n.startswith("sklearn.")] + ["sklearn"]:
+        monkeypatch.setitem(sys.modules, name, None)
     assert main(["train", *QUICK_TRAIN, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "scikit-learn" in err
