@@ -51,9 +51,10 @@ def _shared_memory_bytes() -> int:
 
 
 def _pruner(operand_tiles, element_arg: str, fixed_blocks=None):
-    """An early_config_prune keeping configs whose pipelined operand tiles fit
-    shared memory: num_stages · element size · Σ rows·cols of the two tiles.
-    fixed_blocks(named_args) supplies block sizes that are not in the configs."""
+    """An early_config_prune keeping configs whose pipelined tiles fit shared
+    memory: num_stages · element size · Σ rows·cols of the tiles loaded per
+    stage (this matches what Triton allocates; scripts/compile_triton.py
+    checks it). fixed_blocks(named_args) supplies block sizes not in the configs."""
 
     def prune(configs, named_args, **kwargs):
         element_size = named_args[element_arg].element_size()
@@ -113,7 +114,10 @@ def grad_input_configs() -> list[triton.Config]:
     )
 
 
-grad_input_prune = _pruner([("BLOCK_B", "BLOCK_H"), ("BLOCK_H", "BLOCK_D")], "weight_ptr")
+# The backward kernels stream three tiles per stage: h and g_h (B × H), and W or x.
+grad_input_prune = _pruner(
+    [("BLOCK_B", "BLOCK_H"), ("BLOCK_B", "BLOCK_H"), ("BLOCK_H", "BLOCK_D")], "weight_ptr"
+)
 
 
 def grad_weight_configs() -> list[triton.Config]:
@@ -131,4 +135,4 @@ def grad_weight_configs() -> list[triton.Config]:
     )
 
 
-grad_weight_prune = _pruner([("BLOCK_H", "BLOCK_B"), ("BLOCK_B", "BLOCK_D")], "x_ptr")
+grad_weight_prune = _pruner([("BLOCK_H", "BLOCK_B"), ("BLOCK_H", "BLOCK_B"), ("BLOCK_B", "BLOCK_D")], "x_ptr")
