@@ -1,8 +1,8 @@
 // Fused CPU kernels of the contractive encoder.
 //
-// Forward:  row norms ‖W_j‖² in one pass over W, z = addmm(b, x, Wᵀ) through
-//           ATen (MKL/oneDNN), then ONE pass over z that overwrites it with h
-//           and sums the per-sample penalty Σ_j φ'(z_bj)² ‖W_j‖².
+// Forward:  x Wᵀ through ATen's GEMM (MKL/oneDNN), row norms ‖W_j‖² in one
+//           pass over W, then ONE pass over x Wᵀ that adds b, overwrites it
+//           with h and sums the per-sample penalty Σ_j φ'(z_bj)² ‖W_j‖².
 // Backward: ONE pass over h computing dz (the only B×H temporary) together
 //           with the per-unit sums Σ_b dz (grad_bias) and Σ_b g_p φ'²
 //           (row_scale), then dx = dz W and dW = diag(row_scale) W + dzᵀ x.
@@ -55,17 +55,20 @@ FASTCAE_CPU_CLONES void row_norms_sq_rows(const scalar_t* matrix, acc_t* norms, 
   }
 }
 
-// Overwrites rows [begin, end) of z (B, H) with h = φ(z) and writes each
-// row's penalty Σ_j φ'(z_bj)² ‖W_j‖².
+// Overwrites rows [begin, end) of x Wᵀ (B, H) with h = φ(x Wᵀ + b) and writes
+// each row's penalty Σ_j φ'(z_bj)² ‖W_j‖². The bias is added here rather than
+// by the GEMM: addmm would first broadcast-copy it into the output, an extra
+// pass over B×H.
 template <Activation A, typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES void activate_rows(scalar_t* code, const acc_t* row_norms_sq, acc_t* penalty,
-                                      int64_t begin, int64_t end, int64_t cols) {
+FASTCAE_CPU_CLONES void activate_rows(scalar_t* code, const acc_t* bias, const acc_t* row_norms_sq,
+                                      acc_t* penalty, int64_t begin, int64_t end, int64_t cols) {
   for (int64_t b = begin; b < end; ++b) {
     scalar_t* code_row = code + b * cols;
     acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < cols; ++j) {
-      const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
+      const acc_t preact = static_cast<acc_t>(code_row[j]) + bias[j];
+      const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(preact);
       code_row[j] = static_cast<scalar_t>(value.code);
       sum += penalty_term(value.dphi, row_norms_sq[j]);
     }
@@ -126,22 +129,25 @@ EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& we
   const int64_t batch = x.size(0);
   const int64_t hidden = weight.size(0);
 
-  // The GEMM result is z; the fused pass below turns it into h in place.
-  at::Tensor code = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  // The GEMM result is x Wᵀ; the fused pass below adds b and turns it into h in place.
+  at::Tensor code = at::mm(x, weight.t());
   // After the GEMM, which has just streamed W through the caches.
   at::Tensor row_norms_sq = row_norms_sq_cpu(weight);
   TORCH_INTERNAL_ASSERT(code.is_contiguous());
   at::Tensor penalty = at::empty({batch}, row_norms_sq.options());
+  const at::Tensor bias_acc = bias.has_value() ? bias->to(row_norms_sq.scalar_type()).contiguous()
+                                               : at::zeros({hidden}, row_norms_sq.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* code_data = code.mutable_data_ptr<scalar_t>();
     const acc_t* norms = row_norms_sq.const_data_ptr<acc_t>();
+    const acc_t* bias_data = bias_acc.const_data_ptr<acc_t>();
     acc_t* penalty_data = penalty.mutable_data_ptr<acc_t>();
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
       at::parallel_for(0, batch, rows_per_task(hidden), [&](int64_t begin, int64_t end) {
-        activate_rows<A, scalar_t, acc_t>(code_data, norms, penalty_data, begin, end, hidden);
+        activate_rows<A, scalar_t, acc_t>(code_data, bias_data, norms, penalty_data, begin, end, hidden);
       });
     });
   });
