@@ -57,8 +57,8 @@ FASTCAE_CPU_CLONES void row_norms_sq_rows(const scalar_t* matrix, acc_t* norms, 
 
 // Overwrites rows [begin, end) of x Wᵀ (B, H) with h = φ(x Wᵀ + b) and writes
 // each row's penalty Σ_j φ'(z_bj)² ‖W_j‖². The bias is added here rather than
-// by the GEMM: addmm would first broadcast-copy it into the output, an extra
-// pass over B×H.
+// by the GEMM (float32/float64): addmm would first broadcast-copy it into the
+// output, an extra pass over B×H.
 template <Activation A, typename scalar_t, typename acc_t>
 FASTCAE_CPU_CLONES void activate_rows(scalar_t* code, const acc_t* bias, const acc_t* row_norms_sq,
                                       acc_t* penalty, int64_t begin, int64_t end, int64_t cols) {
@@ -129,14 +129,17 @@ EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& we
   const int64_t batch = x.size(0);
   const int64_t hidden = weight.size(0);
 
-  // The GEMM result is x Wᵀ; the fused pass below adds b and turns it into h in place.
-  at::Tensor code = at::mm(x, weight.t());
+  // In float32/float64 the fused pass adds b to x Wᵀ. In half precision the
+  // GEMM adds it while it still accumulates in float32: rounding x Wᵀ to
+  // bfloat16 first would move pre-activations near 0 across it.
+  const bool bias_in_pass = bias.has_value() && !at::isReducedFloatingType(x.scalar_type());
+  at::Tensor code = bias.has_value() && !bias_in_pass ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
   // After the GEMM, which has just streamed W through the caches.
   at::Tensor row_norms_sq = row_norms_sq_cpu(weight);
   TORCH_INTERNAL_ASSERT(code.is_contiguous());
   at::Tensor penalty = at::empty({batch}, row_norms_sq.options());
-  const at::Tensor bias_acc = bias.has_value() ? bias->to(row_norms_sq.scalar_type()).contiguous()
-                                               : at::zeros({hidden}, row_norms_sq.options());
+  const at::Tensor bias_acc = bias_in_pass ? bias->to(row_norms_sq.scalar_type()).contiguous()
+                                           : at::zeros({hidden}, row_norms_sq.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
