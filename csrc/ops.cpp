@@ -56,6 +56,8 @@ void check_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
+namespace {
+
 void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
                            const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& x,
                            const at::Tensor& weight, const at::Tensor& code,
@@ -84,6 +86,30 @@ void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
     TORCH_CHECK_TYPE(grad_penalty->scalar_type() == acc_type, "fastcae: grad_penalty must be ",
                      acc_type, ", got ", grad_penalty->scalar_type());
   }
+}
+
+}  // namespace
+
+EncodeBackwardState prepare_encode_backward(const c10::optional<at::Tensor>& grad_code,
+                                            const c10::optional<at::Tensor>& grad_penalty,
+                                            const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& code, const at::Tensor& row_norms_sq) {
+  check_backward_inputs(grad_code, grad_penalty, x, weight, code, row_norms_sq);
+  const int64_t batch = x.size(0);
+  const int64_t hidden = weight.size(0);
+  const at::Tensor code_c = code.contiguous();
+  const int64_t chunk_rows = backward_chunk_rows(batch);
+  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
+  return {code_c,
+          row_norms_sq.contiguous(),
+          grad_code.has_value() ? grad_code->contiguous() : at::Tensor(),
+          grad_penalty.has_value() ? *grad_penalty : at::Tensor(),
+          at::empty_like(code_c),
+          at::zeros({num_chunks, 2, hidden}, row_norms_sq.options()),
+          batch,
+          hidden,
+          chunk_rows,
+          num_chunks};
 }
 
 HessianProblem prepare_hessian(const at::Tensor& preact, const at::Tensor& noisy_preact,
@@ -135,23 +161,23 @@ HessianBackwardResult finish_hessian_backward(const HessianProblem& problem, con
   return {grads.grad_preact, grads.grad_noisy_preact, grad_norms};
 }
 
-EncodeBackwardResult finish_backward(const at::Tensor& grad_preact, const at::Tensor& unit_sums,
-                                     const at::Tensor& x, const at::Tensor& weight,
-                                     bool has_grad_penalty, std::array<bool, 3> output_mask) {
+EncodeBackwardResult finish_backward(const EncodeBackwardState& state, const at::Tensor& x,
+                                     const at::Tensor& weight, std::array<bool, 3> output_mask) {
   const auto [need_grad_x, need_grad_weight, need_grad_bias] = output_mask;
+  const at::Tensor unit_sums = state.partials.sum(0);  // (2, H): Σ_b dz, Σ_b g_p φ'²
   at::Tensor grad_x, grad_weight, grad_bias;
   if (need_grad_x) {
-    grad_x = at::mm(grad_preact, weight);
+    grad_x = at::mm(state.grad_preact, weight);
   }
   if (need_grad_weight) {
-    if (has_grad_penalty) {
+    if (state.grad_penalty.defined()) {
       // The GEMM accumulates dzᵀ x into the scaled weight (beta = 1): one pass over W.
       const at::Tensor row_scale = unit_sums[1].mul(2).to(weight.scalar_type());
       grad_weight = at::empty(weight.sizes(), weight.options());
       at::mul_out(grad_weight, weight, row_scale.unsqueeze(1));
-      grad_weight.addmm_(grad_preact.t(), x);
+      grad_weight.addmm_(state.grad_preact.t(), x);
     } else {
-      grad_weight = at::mm(grad_preact.t(), x);
+      grad_weight = at::mm(state.grad_preact.t(), x);
     }
   }
   if (need_grad_bias) {

@@ -157,48 +157,36 @@ EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& we
   return {code, penalty, row_norms_sq};
 }
 
-EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_code_opt,
-                                         const c10::optional<at::Tensor>& grad_penalty_opt,
+EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_code,
+                                         const c10::optional<at::Tensor>& grad_penalty,
                                          const at::Tensor& x, const at::Tensor& weight,
                                          const at::Tensor& code, const at::Tensor& row_norms_sq,
                                          c10::string_view activation_name,
                                          std::array<bool, 3> output_mask) {
-  check_backward_inputs(grad_code_opt, grad_penalty_opt, x, weight, code, row_norms_sq);
+  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code, row_norms_sq);
   const Activation activation = parse_activation(activation_name);
-  const int64_t batch = x.size(0);
-  const int64_t hidden = weight.size(0);
-  const bool has_grad_code = grad_code_opt.has_value();
-  const bool has_grad_penalty = grad_penalty_opt.has_value();
-
-  // Row-contiguous views so the fused pass can walk rows with one stride.
-  const at::Tensor code_c = code.contiguous();
-  const at::Tensor norms_c = row_norms_sq.contiguous();
-  const at::Tensor grad_code = has_grad_code ? grad_code_opt->contiguous() : at::Tensor();
-  // g_p may be an expanded scalar (the backward of a mean): read it with its stride.
-  const at::Tensor grad_penalty = has_grad_penalty ? *grad_penalty_opt : at::Tensor();
-
-  at::Tensor grad_preact = at::empty_like(code_c);
-  // Per-unit sums are reduced over the batch in fixed chunks of rows whose
-  // size depends only on the batch size: the result is the same bitwise
-  // whatever the thread count. partials[c] holds chunk c's (Σ dz, Σ g_p φ'²).
-  const int64_t chunk_rows = backward_chunk_rows(batch);
-  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
-  at::Tensor partials = at::zeros({num_chunks, 2, hidden}, norms_c.options());
+  // Per-unit sums are reduced over the batch in fixed chunks of rows whose size
+  // depends only on the batch size: the result is the same bitwise whatever
+  // the thread count.
+  const int64_t hidden = state.hidden;
+  const int64_t batch = state.batch;
+  const int64_t chunk_rows = state.chunk_rows;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* code_data = code_c.const_data_ptr<scalar_t>();
-    const scalar_t* grad_code_data = has_grad_code ? grad_code.const_data_ptr<scalar_t>() : nullptr;
-    const acc_t* grad_penalty_data = has_grad_penalty ? grad_penalty.const_data_ptr<acc_t>() : nullptr;
-    const int64_t grad_penalty_stride = has_grad_penalty ? grad_penalty.stride(0) : 0;
-    const acc_t* norms = norms_c.const_data_ptr<acc_t>();
-    scalar_t* grad_preact_data = grad_preact.mutable_data_ptr<scalar_t>();
-    acc_t* partial_data = partials.mutable_data_ptr<acc_t>();
+    const scalar_t* code_data = state.code.const_data_ptr<scalar_t>();
+    const scalar_t* grad_code_data = state.grad_code.defined() ? state.grad_code.const_data_ptr<scalar_t>() : nullptr;
+    const acc_t* grad_penalty_data =
+        state.grad_penalty.defined() ? state.grad_penalty.const_data_ptr<acc_t>() : nullptr;
+    const int64_t grad_penalty_stride = state.grad_penalty.defined() ? state.grad_penalty.stride(0) : 0;
+    const acc_t* norms = state.row_norms_sq.const_data_ptr<acc_t>();
+    scalar_t* grad_preact_data = state.grad_preact.mutable_data_ptr<scalar_t>();
+    acc_t* partial_data = state.partials.mutable_data_ptr<acc_t>();
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
       auto run_chunks = [&](auto has_grad_code_tag) {
         constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
-        at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+        at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
           for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
             acc_t* grad_bias_partial = partial_data + chunk * 2 * hidden;
             grad_preactivation_rows<A, kHasGradCode, scalar_t, acc_t>(
@@ -208,17 +196,14 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
           }
         });
       };
-      if (has_grad_code) {
+      if (grad_code_data != nullptr) {
         run_chunks(std::true_type{});
       } else {
         run_chunks(std::false_type{});
       }
     });
   });
-
-  // Sum the chunks in order (a small (num_chunks, 2, H) tensor).
-  const at::Tensor unit_sums = partials.sum(0);  // (2, H): Σ_b dz, Σ_b g_p φ'²
-  return finish_backward(grad_preact, unit_sums, x, weight, has_grad_penalty, output_mask);
+  return finish_backward(state, x, weight, output_mask);
 }
 
 TORCH_LIBRARY_IMPL(fastcae, CPU, m) {

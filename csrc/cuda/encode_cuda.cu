@@ -230,46 +230,33 @@ EncodeForwardResult encode_forward_cuda(const at::Tensor& x, const at::Tensor& w
   return {code, penalty, row_norms_sq};
 }
 
-EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_code_opt,
-                                          const c10::optional<at::Tensor>& grad_penalty_opt,
+EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_code,
+                                          const c10::optional<at::Tensor>& grad_penalty,
                                           const at::Tensor& x, const at::Tensor& weight,
                                           const at::Tensor& code, const at::Tensor& row_norms_sq,
                                           c10::string_view activation_name,
                                           std::array<bool, 3> output_mask) {
-  check_backward_inputs(grad_code_opt, grad_penalty_opt, x, weight, code, row_norms_sq);
-  const Activation activation = parse_activation(activation_name);
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t batch = x.size(0);
-  const int64_t hidden = weight.size(0);
-  const bool has_grad_code = grad_code_opt.has_value();
-  const bool has_grad_penalty = grad_penalty_opt.has_value();
-
-  const at::Tensor code_c = code.contiguous();
-  const at::Tensor norms_c = row_norms_sq.contiguous();
-  const at::Tensor grad_code = has_grad_code ? grad_code_opt->contiguous() : at::Tensor();
-  const at::Tensor grad_penalty = has_grad_penalty ? *grad_penalty_opt : at::Tensor();
-
-  at::Tensor grad_preact = at::empty_like(code_c);
-  const int64_t chunk_rows = backward_chunk_rows(batch);
-  const int64_t num_chunks = (batch + chunk_rows - 1) / chunk_rows;
-  at::Tensor partials = at::zeros({num_chunks, 2, hidden}, norms_c.options());
-
-  if (batch > 0 && hidden > 0) {
+  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code, row_norms_sq);
+  const Activation activation = parse_activation(activation_name);
+  if (state.batch > 0 && state.hidden > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const dim3 grid(blocks_for(hidden, kUnitsPerBlock), num_chunks);
-      const acc_t* grad_penalty_data = has_grad_penalty ? grad_penalty.const_data_ptr<acc_t>() : nullptr;
-      const int64_t grad_penalty_stride = has_grad_penalty ? grad_penalty.stride(0) : 0;
+      const dim3 grid(blocks_for(state.hidden, kUnitsPerBlock), state.num_chunks);
+      const bool has_grad_code = state.grad_code.defined();
+      const bool has_grad_penalty = state.grad_penalty.defined();
+      const acc_t* grad_penalty_data = has_grad_penalty ? state.grad_penalty.const_data_ptr<acc_t>() : nullptr;
+      const int64_t grad_penalty_stride = has_grad_penalty ? state.grad_penalty.stride(0) : 0;
       dispatch_activation(activation, [&](auto act) {
         constexpr Activation A = decltype(act)::value;
         auto launch = [&](auto has_grad_code_tag) {
           constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
           grad_preact_kernel<A, kHasGradCode, scalar_t, acc_t>
               <<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-                  kHasGradCode ? grad_code.const_data_ptr<scalar_t>() : nullptr, grad_penalty_data,
-                  grad_penalty_stride, code_c.const_data_ptr<scalar_t>(), norms_c.const_data_ptr<acc_t>(),
-                  grad_preact.mutable_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), batch,
-                  hidden, chunk_rows);
+                  kHasGradCode ? state.grad_code.const_data_ptr<scalar_t>() : nullptr, grad_penalty_data,
+                  grad_penalty_stride, state.code.const_data_ptr<scalar_t>(),
+                  state.row_norms_sq.const_data_ptr<acc_t>(), state.grad_preact.mutable_data_ptr<scalar_t>(),
+                  state.partials.mutable_data_ptr<acc_t>(), state.batch, state.hidden, state.chunk_rows);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
         if (has_grad_code) {
@@ -280,8 +267,7 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
       });
     });
   }
-  const at::Tensor unit_sums = partials.sum(0);  // (2, H); ATen reductions are deterministic
-  return finish_backward(grad_preact, unit_sums, x, weight, has_grad_penalty, output_mask);
+  return finish_backward(state, x, weight, output_mask);
 }
 
 at::Tensor hessian_forward_cuda(const at::Tensor& preact, const at::Tensor& noisy_preact,

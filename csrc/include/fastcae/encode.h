@@ -37,10 +37,6 @@ Activation parse_activation(c10::string_view name);
 // validates first with friendlier messages; these guard direct torch.ops calls.
 void check_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
                           const c10::optional<at::Tensor>& bias);
-void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
-                           const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& x,
-                           const at::Tensor& weight, const at::Tensor& code,
-                           const at::Tensor& row_norms_sq);
 
 // The rows of the backward pass are summed per fixed chunk of rows whose size
 // depends only on the batch size, so per-unit sums are bitwise reproducible
@@ -49,13 +45,32 @@ inline int64_t backward_chunk_rows(int64_t batch) {
   return std::max<int64_t>(16, (batch + 255) / 256);
 }
 
-// What both devices do after their fused pass has produced dz (B, H) and the
-// per-unit sums (2, H) = (Σ_b dz, Σ_b g_p φ'²): dx = dz W and
+// The backward's checked, row-contiguous inputs and its buffers (the same for
+// both devices): the fused pass fills grad_preact (dz, the one B×H temporary)
+// and partials[c] = (Σ_b dz, Σ_b g_p φ'²) over chunk c's rows.
+struct EncodeBackwardState {
+  at::Tensor code;          // (B, H), contiguous
+  at::Tensor row_norms_sq;  // (H,), contiguous
+  at::Tensor grad_code;     // (B, H), contiguous; undefined when the loss does not use h
+  at::Tensor grad_penalty;  // (B,), any stride (the backward of a mean is an expanded scalar);
+                            // undefined when the loss does not use p
+  at::Tensor grad_preact;   // (B, H), to fill
+  at::Tensor partials;      // (num_chunks, 2, H), zeros
+  int64_t batch;
+  int64_t hidden;
+  int64_t chunk_rows;
+  int64_t num_chunks;
+};
+EncodeBackwardState prepare_encode_backward(const c10::optional<at::Tensor>& grad_code,
+                                            const c10::optional<at::Tensor>& grad_penalty,
+                                            const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& code, const at::Tensor& row_norms_sq);
+
+// After the fused pass: adds the chunks in order, then dx = dz W and
 // dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x through ATen's GEMMs (MKL / cuBLAS,
 // honouring PyTorch's TF32 setting), db = Σ_b dz.
-EncodeBackwardResult finish_backward(const at::Tensor& grad_preact, const at::Tensor& unit_sums,
-                                     const at::Tensor& x, const at::Tensor& weight,
-                                     bool has_grad_penalty, std::array<bool, 3> output_mask);
+EncodeBackwardResult finish_backward(const EncodeBackwardState& state, const at::Tensor& x,
+                                     const at::Tensor& weight, std::array<bool, 3> output_mask);
 
 // Calls fn(std::integral_constant<Activation, A>{}) for the runtime value, so
 // kernels are compiled once per activation with the math inlined.
