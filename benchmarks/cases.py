@@ -41,11 +41,6 @@ class Shape:
     def label(self) -> str:
         return f"({self.batch}, {self.in_features}, {self.hidden})"
 
-    @property
-    def gemm_macs(self) -> int:
-        """Multiply-adds of the encoder GEMM, the x axis of the plot."""
-        return self.batch * self.in_features * self.hidden
-
 
 def _scan(base: tuple[int, int, int], batches, in_features, hiddens) -> list[Shape]:
     """The base shape (first) plus one-at-a-time scans of B, D and H around it."""

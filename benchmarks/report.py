@@ -16,7 +16,6 @@ class Record:
     dtype: str
     mode: str
     shape: str
-    gemm_macs: int
     method: str
     status: str  # "ok", "wrong", "skipped", "unavailable"
     median_s: float | None = None

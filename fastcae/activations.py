@@ -1,12 +1,11 @@
-"""The activation table of the Python side: φ, φ'(z), and φ' and φ'' written from h = φ(z).
+"""The activation table of the Python side: φ and φ'(z), for the plain-PyTorch backends.
 
-The forward passes take φ' from z, where it is accurate even for saturated
-units (from a rounded h, 1 - h loses all relative precision). The backward
-passes take φ' and φ'' from h, so they save the code h they already have
-instead of the pre-activation z. The C++/CUDA twin of this table is
-``csrc/include/fastcae/cae_math.h`` and the Triton one ``kernels/activations.py``;
-the ids below are shared by all three. A NaN code gives a NaN derivative for
-every activation, so NaN inputs always reach the penalty.
+φ' is taken from z, where it is accurate even for saturated units (from a
+rounded h, 1 - h loses all relative precision). The fused kernels' twins of
+this table, which also write φ' and φ'' from h for their backward passes, are
+``csrc/include/fastcae/cae_math.h`` (C++/CUDA) and ``kernels/activations.py``
+(Triton); the ids below are shared by all three. A NaN pre-activation gives a
+NaN derivative for every activation, so NaN inputs always reach the penalty.
 """
 
 from __future__ import annotations
@@ -21,27 +20,23 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Activation:
-    """One elementwise activation φ with its derivatives expressed through h = φ(z).
+    """One elementwise activation φ and its derivative.
 
     Attributes:
         name: the public name ("sigmoid", ...).
         id: the index shared with the C++ enum and the Triton kernels.
         forward: z -> h.
         slope: z -> φ'(z).
-        dphi: h -> φ'(z).
-        d2phi: (h, φ'(z)) -> φ''(z).
     """
 
     name: str
     id: int
     forward: Callable[[Tensor], Tensor]
     slope: Callable[[Tensor], Tensor]
-    dphi: Callable[[Tensor], Tensor]
-    d2phi: Callable[[Tensor, Tensor], Tensor]
 
 
-def _propagate_nan(h: Tensor, value: Tensor) -> Tensor:
-    return torch.where(torch.isnan(h), h, value)
+def _propagate_nan(z: Tensor, value: Tensor) -> Tensor:
+    return torch.where(torch.isnan(z), z, value)
 
 
 def _tanh_slope(z: Tensor) -> Tensor:
@@ -58,8 +53,6 @@ ACTIVATIONS: dict[str, Activation] = {
             0,
             forward=torch.sigmoid,
             slope=lambda z: torch.sigmoid(z) * torch.sigmoid(-z),
-            dphi=lambda h: h * (1 - h),
-            d2phi=lambda h, dphi: dphi * (1 - 2 * h),
         ),
         Activation(
             "tanh",
@@ -67,8 +60,6 @@ ACTIVATIONS: dict[str, Activation] = {
             forward=torch.tanh,
             slope=_tanh_slope,
             # (1-h)(1+h) keeps relative accuracy as |h| -> 1, unlike 1 - h².
-            dphi=lambda h: (1 - h) * (1 + h),
-            d2phi=lambda h, dphi: -2 * h * dphi,
         ),
         Activation(
             "softplus",
@@ -76,24 +67,18 @@ ACTIVATIONS: dict[str, Activation] = {
             forward=F.softplus,
             slope=torch.sigmoid,
             # φ'(z) = sigmoid(z) = 1 - exp(-h) because h = log(1 + e^z).
-            dphi=lambda h: -torch.expm1(-h),
-            d2phi=lambda h, dphi: dphi * (1 - dphi),
         ),
         Activation(
             "relu",
             3,
             forward=torch.relu,
             slope=lambda z: _propagate_nan(z, (z > 0).to(z.dtype)),
-            dphi=lambda h: _propagate_nan(h, (h > 0).to(h.dtype)),
-            d2phi=lambda h, dphi: torch.zeros_like(h),
         ),
         Activation(
             "identity",
             4,
             forward=lambda z: z,
             slope=lambda z: _propagate_nan(z, torch.ones_like(z)),
-            dphi=lambda h: _propagate_nan(h, torch.ones_like(h)),
-            d2phi=lambda h, dphi: torch.zeros_like(h),
         ),
     )
 }

@@ -20,8 +20,7 @@ import triton.language as tl
 SIGMOID: tl.constexpr = tl.constexpr(0)
 TANH: tl.constexpr = tl.constexpr(1)
 SOFTPLUS: tl.constexpr = tl.constexpr(2)
-RELU: tl.constexpr = tl.constexpr(3)
-IDENTITY: tl.constexpr = tl.constexpr(4)
+RELU: tl.constexpr = tl.constexpr(3)  # 4, identity, is every `else` branch
 
 
 @triton.jit
