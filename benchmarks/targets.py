@@ -173,11 +173,13 @@ def run_cpu(rounds: int) -> tuple[list[str], dict]:
     }
     if memory["floor"] is not None:
         added_kib = (memory["cpu"] - memory["floor"]) / 2**10
-        bound_kib = (shape.batch + shape.hidden) * 4 / 2**10
+        # p (B,), ‖W_j‖² (H,) and the per-group penalties (B, ⌈H/64⌉) of the C++ kernel
+        groups = -(-shape.hidden // 64)
+        bound_kib = (shape.batch * (groups + 1) + shape.hidden) * 4 / 2**10
         lines.append(
             f"peak extra memory of a forward: encoder-only {memory['floor'] / 2**20:.2f} MiB, "
             f"cpu {memory['cpu'] / 2**20:.2f} MiB (the penalty adds {added_kib:.1f} KiB; "
-            f"O(B + H) = {bound_kib:.1f} KiB), naive {memory['naive'] / 2**30:.2f} GiB"
+            f"B(⌈H/64⌉ + 1) + H floats = {bound_kib:.1f} KiB), naive {memory['naive'] / 2**30:.2f} GiB"
         )
     results.update(forward=forward, train=train, naive=naive, memory=memory)
     return lines, results

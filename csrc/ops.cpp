@@ -93,7 +93,8 @@ void check_backward_inputs(const c10::optional<at::Tensor>& grad_code,
 EncodeBackwardState prepare_encode_backward(const c10::optional<at::Tensor>& grad_code,
                                             const c10::optional<at::Tensor>& grad_penalty,
                                             const at::Tensor& x, const at::Tensor& weight,
-                                            const at::Tensor& code, const at::Tensor& row_norms_sq) {
+                                            const at::Tensor& code, const at::Tensor& row_norms_sq,
+                                            bool partial_per_chunk) {
   check_backward_inputs(grad_code, grad_penalty, x, weight, code, row_norms_sq);
   const int64_t batch = x.size(0);
   const int64_t hidden = weight.size(0);
@@ -105,7 +106,7 @@ EncodeBackwardState prepare_encode_backward(const c10::optional<at::Tensor>& gra
           grad_code.has_value() ? grad_code->contiguous() : at::Tensor(),
           grad_penalty.has_value() ? *grad_penalty : at::Tensor(),
           at::empty_like(code_c),
-          at::zeros({num_chunks, 2, hidden}, row_norms_sq.options()),
+          at::zeros({partial_per_chunk ? num_chunks : 1, 2, hidden}, row_norms_sq.options()),
           batch,
           hidden,
           chunk_rows,
@@ -161,10 +162,10 @@ HessianBackwardResult finish_hessian_backward(const HessianProblem& problem, con
   return {grads.grad_preact, grads.grad_noisy_preact, grad_norms};
 }
 
-EncodeBackwardResult finish_backward(const EncodeBackwardState& state, const at::Tensor& x,
-                                     const at::Tensor& weight, std::array<bool, 3> output_mask) {
+EncodeBackwardResult finish_backward(const EncodeBackwardState& state, const at::Tensor& unit_sums,
+                                     const at::Tensor& x, const at::Tensor& weight,
+                                     std::array<bool, 3> output_mask) {
   const auto [need_grad_x, need_grad_weight, need_grad_bias] = output_mask;
-  const at::Tensor unit_sums = state.partials.sum(0);  // (2, H): Σ_b dz, Σ_b g_p φ'²
   at::Tensor grad_x, grad_weight, grad_bias;
   if (need_grad_x) {
     grad_x = at::mm(state.grad_preact, weight);

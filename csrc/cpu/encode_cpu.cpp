@@ -1,11 +1,24 @@
 // Fused CPU kernels of the contractive encoder.
 //
-// Forward:  x Wᵀ through ATen's GEMM (MKL/oneDNN), row norms ‖W_j‖² in one
-//           pass over W, then ONE pass over x Wᵀ that adds b, overwrites it
-//           with h and sums the per-sample penalty Σ_j φ'(z_bj)² ‖W_j‖².
+// Forward:  x Wᵀ through ATen's GEMM (MKL/oneDNN), row norms ‖W_j‖², then ONE
+//           pass over x Wᵀ that adds b, overwrites it with h and sums the
+//           per-sample penalty Σ_j φ'(z_bj)² ‖W_j‖².
 // Backward: ONE pass over h computing dz (the only B×H temporary) together
 //           with the per-unit sums Σ_b dz (grad_bias) and Σ_b g_p φ'²
 //           (row_scale), then dx = dz W and dW = diag(row_scale) W + dzᵀ x.
+//
+// Two ways to share the work between threads, chosen by column_slab_count:
+//   column slabs (H wide enough): each thread owns a slab of units (columns
+//     of h, rows of W) and runs every stage on it inside ONE parallel region:
+//     ‖W_j‖² of its rows of W, its columns of x Wᵀ (a single-threaded GEMM
+//     call), the fused pass; in the backward dz, the unit sums, the row scale
+//     of its rows of W and its rows of dW. Its W rows, z columns and dW rows
+//     stay in its own cache between stages, and the unit sums need no
+//     cross-thread reduction.
+//   rows (narrow H, or many threads): ATen's multi-threaded GEMM, then the
+//     fused passes parallel over the batch.
+// Both give the same penalty bitwise: every row's penalty is summed per fixed
+// group of kPenaltyGroupColumns units, and the groups are added in order.
 //
 // Loops are written for the auto-vectorizer (branch-free math from
 // cae_math.h, `omp simd` reductions) and compiled in several ISA clones
@@ -13,9 +26,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "cpu_kernels.h"
 #include "fastcae/cae_math.h"
@@ -23,6 +39,48 @@
 
 namespace fastcae {
 namespace {
+
+// Units per penalty group: each row's penalty is summed per group, then the
+// groups are added in order (sum_group_penalties), whatever split the threads.
+constexpr int64_t kPenaltyGroupColumns = 64;
+// A thread's column slab is at least this many groups wide: narrower, its GEMM
+// call is too thin to run near peak and the rows path is faster.
+constexpr int64_t kMinSlabGroups = 2;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t penalty_groups(int64_t hidden) { return ceil_div(hidden, kPenaltyGroupColumns); }
+
+// How many column slabs (one per thread) the work is split into, or 0 for the
+// rows path: H too narrow to give each thread kMinSlabGroups groups, or
+// nothing to split. Inside another parallel region everything runs on the
+// calling thread, as one slab.
+int64_t column_slab_count(int64_t batch, int64_t hidden) {
+  if (batch == 0 || hidden == 0) {
+    return 0;
+  }
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (threads == 1) {
+    return 1;
+  }
+  return penalty_groups(hidden) >= kMinSlabGroups * threads ? threads : 0;
+}
+
+// Slab `slab` of `slabs` covers penalty groups [first, last): units
+// [first·G, min(H, last·G)).
+struct ColumnSlab {
+  int64_t first_group;
+  int64_t last_group;
+  int64_t begin;  // first unit
+  int64_t end;    // one past the last unit
+};
+
+ColumnSlab column_slab(int64_t slab, int64_t slabs, int64_t hidden) {
+  const int64_t groups = penalty_groups(hidden);
+  const int64_t first = slab * groups / slabs;
+  const int64_t last = (slab + 1) * groups / slabs;
+  return {first, last, first * kPenaltyGroupColumns, std::min(hidden, last * kPenaltyGroupColumns)};
+}
 
 // ‖W_j‖² of rows [begin, end) of a contiguous (rows, cols) matrix, accumulated
 // in acc_t. kLanes independent partial sums (a few vector registers) hide the
@@ -55,68 +113,107 @@ FASTCAE_CPU_CLONES void row_norms_sq_rows(const scalar_t* matrix, acc_t* norms, 
   }
 }
 
-// Overwrites rows [begin, end) of x Wᵀ (B, H) with h = φ(x Wᵀ + b) and writes
-// each row's penalty Σ_j φ'(z_bj)² ‖W_j‖². The bias is added here rather than
-// by the GEMM (float32/float64): addmm would first broadcast-copy it into the
-// output, an extra pass over B×H.
+// Overwrites the tile rows [row_begin, row_end) × penalty groups
+// [first_group, last_group) of x Wᵀ (B, H) with h = φ(x Wᵀ + b), and writes
+// each row's penalty per group, group_penalties[g·B + b] = Σ_{j in g}
+// φ'(z_bj)² ‖W_j‖². The bias is added here rather than by the GEMM
+// (float32/float64): addmm would first broadcast-copy it into the output, an
+// extra pass over B×H.
 template <Activation A, typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES void activate_rows(scalar_t* code, const acc_t* bias, const acc_t* row_norms_sq,
-                                      acc_t* penalty, int64_t begin, int64_t end, int64_t cols) {
-  for (int64_t b = begin; b < end; ++b) {
-    scalar_t* code_row = code + b * cols;
-    acc_t sum = 0;
+FASTCAE_CPU_CLONES void activate_tile(scalar_t* code, const acc_t* bias, const acc_t* row_norms_sq,
+                                      acc_t* group_penalties, int64_t batch, int64_t hidden,
+                                      int64_t row_begin, int64_t row_end, int64_t first_group,
+                                      int64_t last_group) {
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    scalar_t* code_row = code + b * hidden;
+    for (int64_t group = first_group; group < last_group; ++group) {
+      const int64_t unit_end = std::min(hidden, (group + 1) * kPenaltyGroupColumns);
+      acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < cols; ++j) {
-      const acc_t preact = static_cast<acc_t>(code_row[j]) + bias[j];
-      const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(preact);
-      code_row[j] = static_cast<scalar_t>(value.code);
-      sum += penalty_term(value.dphi, row_norms_sq[j]);
+      for (int64_t j = group * kPenaltyGroupColumns; j < unit_end; ++j) {
+        const acc_t preact = static_cast<acc_t>(code_row[j]) + bias[j];
+        const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(preact);
+        code_row[j] = static_cast<scalar_t>(value.code);
+        sum += penalty_term(value.dphi, row_norms_sq[j]);
+      }
+      group_penalties[group * batch + b] = sum;
     }
-    penalty[b] = sum;
   }
 }
 
-// Rows [begin, end) of the backward pass: writes dz and adds the rows' share
-// of Σ_b dz and Σ_b g_p φ'² into one chunk's partial sums.
-template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES void grad_preactivation_rows(const scalar_t* grad_code,
-                                                const acc_t* grad_penalty,
-                                                int64_t grad_penalty_stride, const scalar_t* code,
-                                                const acc_t* row_norms_sq, scalar_t* grad_preact,
-                                                acc_t* grad_bias_partial, acc_t* row_scale_partial,
-                                                int64_t begin, int64_t end, int64_t cols) {
-  for (int64_t b = begin; b < end; ++b) {
-    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[b * grad_penalty_stride] : acc_t(0);
-    const scalar_t* code_row = code + b * cols;
-    scalar_t* grad_preact_row = grad_preact + b * cols;
+// out[i] = Σ_r rows[r·stride + i] over r = 0 … count−1 in order, for i in
+// [begin, end): a row's penalty from its groups, a unit's sums from its chunks.
+template <typename acc_t>
+FASTCAE_CPU_CLONES void sum_rows_in_order(const acc_t* rows, acc_t* out, int64_t count,
+                                          int64_t stride, int64_t begin, int64_t end) {
+  std::fill(out + begin, out + end, acc_t(0));
+  for (int64_t r = 0; r < count; ++r) {
+    const acc_t* row = rows + r * stride;
 #pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t i = begin; i < end; ++i) {
+      out[i] += row[i];
+    }
+  }
+}
+
+// Rows [row_begin, row_end) × units [unit_begin, unit_end) of the backward
+// pass: writes dz and adds the tile's share of Σ_b dz and Σ_b g_p φ'² into
+// grad_bias_sum[j − unit_begin] and row_scale_sum[j − unit_begin].
+template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
+FASTCAE_CPU_CLONES void grad_preactivation_tile(
+    const scalar_t* grad_code, const acc_t* grad_penalty, int64_t grad_penalty_stride,
+    const scalar_t* code, const acc_t* row_norms_sq, scalar_t* grad_preact, acc_t* grad_bias_sum,
+    acc_t* row_scale_sum, int64_t hidden, int64_t row_begin, int64_t row_end, int64_t unit_begin,
+    int64_t unit_end) {
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[b * grad_penalty_stride] : acc_t(0);
+    const scalar_t* code_row = code + b * hidden;
+    scalar_t* grad_preact_row = grad_preact + b * hidden;
+#pragma omp simd
+    for (int64_t j = unit_begin; j < unit_end; ++j) {
       const acc_t h = static_cast<acc_t>(code_row[j]);
       const acc_t dphi = ActivationMath<A>::dphi(h);
-      const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[b * cols + j]) : acc_t(0);
+      const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[b * hidden + j]) : acc_t(0);
       const acc_t grad_preact_bj =
           grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, dphi, row_norms_sq[j]);
       grad_preact_row[j] = static_cast<scalar_t>(grad_preact_bj);
-      grad_bias_partial[j] += grad_preact_bj;
-      row_scale_partial[j] += grad_penalty_b * dphi * dphi;
+      grad_bias_sum[j - unit_begin] += grad_preact_bj;
+      row_scale_sum[j - unit_begin] += grad_penalty_b * dphi * dphi;
     }
   }
 }
 
-at::Tensor row_norms_sq_cpu(const at::Tensor& weight) {
-  const at::Tensor weight_c = weight.contiguous();
-  const int64_t hidden = weight_c.size(0);
-  const int64_t in_features = weight_c.size(1);
-  at::Tensor out = at::empty({hidden}, weight.options().dtype(at::toOpMathType(weight.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "row_norms_sq", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* w = weight_c.const_data_ptr<scalar_t>();
-    acc_t* norms = out.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, hidden, rows_per_task(in_features), [&](int64_t begin, int64_t end) {
-      row_norms_sq_rows<scalar_t, acc_t>(w, norms, begin, end, in_features);
-    });
-  });
-  return out;
+// Rows [begin, end) of diag(2 row_scale_sum) W, written to out (both contiguous
+// (rows, cols)): the row-scale term of dW, which the GEMM then adds dzᵀ x to.
+template <typename scalar_t, typename acc_t>
+FASTCAE_CPU_CLONES void scale_rows(const scalar_t* weight, const acc_t* row_scale_sum, scalar_t* out,
+                                   int64_t begin, int64_t end, int64_t cols) {
+  for (int64_t row = begin; row < end; ++row) {
+    const acc_t scale = acc_t(2) * row_scale_sum[row];
+    const scalar_t* weight_row = weight + row * cols;
+    scalar_t* out_row = out + row * cols;
+#pragma omp simd
+    for (int64_t k = 0; k < cols; ++k) {
+      out_row[k] = static_cast<scalar_t>(scale * static_cast<acc_t>(weight_row[k]));
+    }
+  }
+}
+
+template <typename scalar_t>
+void row_norms_sq_cpu(const at::Tensor& weight_c, at::Tensor& out, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  row_norms_sq_rows<scalar_t, acc_t>(weight_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<acc_t>(),
+                                     begin, end, weight_c.size(1));
+}
+
+// Calls fn(kHasGradCode) with the compile-time flag for a defined grad_code.
+template <typename Fn>
+void dispatch_has_grad_code(bool has_grad_code, Fn&& fn) {
+  if (has_grad_code) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
 }
 
 }  // namespace
@@ -128,30 +225,69 @@ EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& we
   const Activation activation = parse_activation(activation_name);
   const int64_t batch = x.size(0);
   const int64_t hidden = weight.size(0);
+  const int64_t groups = penalty_groups(hidden);
+  const int64_t slabs = column_slab_count(batch, hidden);
+  const at::Tensor weight_c = weight.contiguous();
+  const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
 
   // In float32/float64 the fused pass adds b to x Wᵀ. In half precision the
   // GEMM adds it while it still accumulates in float32: rounding x Wᵀ to
   // bfloat16 first would move pre-activations near 0 across it.
   const bool bias_in_pass = bias.has_value() && !at::isReducedFloatingType(x.scalar_type());
-  at::Tensor code = bias.has_value() && !bias_in_pass ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
-  // After the GEMM, which has just streamed W through the caches.
-  at::Tensor row_norms_sq = row_norms_sq_cpu(weight);
-  TORCH_INTERNAL_ASSERT(code.is_contiguous());
-  at::Tensor penalty = at::empty({batch}, row_norms_sq.options());
-  const at::Tensor bias_acc = bias_in_pass ? bias->to(row_norms_sq.scalar_type()).contiguous()
-                                           : at::zeros({hidden}, row_norms_sq.options());
+  const bool bias_in_gemm = bias.has_value() && !bias_in_pass;
+  at::Tensor row_norms_sq = at::empty({hidden}, acc_options);
+  at::Tensor penalty = at::empty({batch}, acc_options);
+  at::Tensor group_penalties = at::empty({groups, batch}, acc_options);
+  const at::Tensor bias_acc = bias_in_pass ? bias->to(acc_options.dtype()).contiguous()
+                                           : at::zeros({hidden}, acc_options);
+  at::Tensor code;
+  if (slabs == 0) {
+    code = bias_in_gemm ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  } else {
+    code = at::empty({batch, hidden}, x.options());
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* code_data = code.mutable_data_ptr<scalar_t>();
     const acc_t* norms = row_norms_sq.const_data_ptr<acc_t>();
     const acc_t* bias_data = bias_acc.const_data_ptr<acc_t>();
-    acc_t* penalty_data = penalty.mutable_data_ptr<acc_t>();
+    acc_t* group_penalty_data = group_penalties.mutable_data_ptr<acc_t>();
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      at::parallel_for(0, batch, rows_per_task(hidden), [&](int64_t begin, int64_t end) {
-        activate_rows<A, scalar_t, acc_t>(code_data, bias_data, norms, penalty_data, begin, end, hidden);
+      if (slabs == 0) {
+        // After the GEMM, which has just streamed W through the caches.
+        at::parallel_for(0, hidden, rows_per_task(weight_c.size(1)), [&](int64_t begin, int64_t end) {
+          row_norms_sq_cpu<scalar_t>(weight_c, row_norms_sq, begin, end);
+        });
+        at::parallel_for(0, batch, rows_per_task(hidden), [&](int64_t begin, int64_t end) {
+          activate_tile<A, scalar_t, acc_t>(code_data, bias_data, norms, group_penalty_data, batch,
+                                            hidden, begin, end, 0, groups);
+        });
+        return;
+      }
+      at::parallel_for(0, slabs, 1, [&](int64_t slab_begin, int64_t slab_end) {
+        for (int64_t slab = slab_begin; slab < slab_end; ++slab) {
+          const ColumnSlab cols = column_slab(slab, slabs, hidden);
+          // Norms first: the GEMM then finds these rows of W in cache.
+          row_norms_sq_cpu<scalar_t>(weight_c, row_norms_sq, cols.begin, cols.end);
+          at::Tensor code_cols = code.narrow(1, cols.begin, cols.end - cols.begin);
+          const at::Tensor weight_rows = weight.narrow(0, cols.begin, cols.end - cols.begin);
+          if (bias_in_gemm) {
+            at::cpu::addmm_out(code_cols, bias->narrow(0, cols.begin, cols.end - cols.begin), x,
+                               weight_rows.t());
+          } else {
+            at::cpu::mm_out(code_cols, x, weight_rows.t());
+          }
+          activate_tile<A, scalar_t, acc_t>(code_data, bias_data, norms, group_penalty_data, batch,
+                                            hidden, 0, batch, cols.first_group, cols.last_group);
+        }
       });
+    });
+    const acc_t* group_penalty_sums = group_penalties.const_data_ptr<acc_t>();
+    acc_t* penalty_data = penalty.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, batch, rows_per_task(groups), [&](int64_t begin, int64_t end) {
+      sum_rows_in_order<acc_t>(group_penalty_sums, penalty_data, groups, batch, begin, end);
     });
   });
   return {code, penalty, row_norms_sq};
@@ -163,14 +299,29 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
                                          const at::Tensor& code, const at::Tensor& row_norms_sq,
                                          c10::string_view activation_name,
                                          std::array<bool, 3> output_mask) {
-  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code, row_norms_sq);
+  const int64_t slabs = column_slab_count(x.size(0), weight.size(0));
+  // Per-unit sums go over the batch in fixed chunks of rows (whose size
+  // depends only on B), and the chunks are added in order, in both paths:
+  // the sums are the same bitwise whatever the thread count.
+  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code,
+                                                      row_norms_sq, /*partial_per_chunk=*/slabs == 0);
   const Activation activation = parse_activation(activation_name);
-  // Per-unit sums are reduced over the batch in fixed chunks of rows whose size
-  // depends only on the batch size: the result is the same bitwise whatever
-  // the thread count.
   const int64_t hidden = state.hidden;
   const int64_t batch = state.batch;
   const int64_t chunk_rows = state.chunk_rows;
+  const bool need_grad_weight = output_mask[1];
+  const bool scale_weight = need_grad_weight && state.grad_penalty.defined();
+  const at::Tensor weight_c = slabs == 0 ? weight : weight.contiguous();
+  at::Tensor unit_sums;  // (2, H): Σ_b dz, Σ_b g_p φ'²
+  at::Tensor grad_weight;
+  if (slabs == 0) {
+    unit_sums = at::empty({2, hidden}, state.partials.options());
+  } else {
+    unit_sums = state.partials[0];
+    if (need_grad_weight) {
+      grad_weight = at::empty(weight.sizes(), weight.options());
+    }
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -184,26 +335,69 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
     acc_t* partial_data = state.partials.mutable_data_ptr<acc_t>();
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      auto run_chunks = [&](auto has_grad_code_tag) {
+      dispatch_has_grad_code(grad_code_data != nullptr, [&](auto has_grad_code_tag) {
         constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
-        at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-          for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-            acc_t* grad_bias_partial = partial_data + chunk * 2 * hidden;
-            grad_preactivation_rows<A, kHasGradCode, scalar_t, acc_t>(
-                grad_code_data, grad_penalty_data, grad_penalty_stride, code_data, norms,
-                grad_preact_data, grad_bias_partial, grad_bias_partial + hidden, chunk * chunk_rows,
-                std::min(batch, (chunk + 1) * chunk_rows), hidden);
+        auto fused_pass = [&](acc_t* grad_bias_sum, acc_t* row_scale_sum, int64_t chunk,
+                              int64_t unit_begin, int64_t unit_end) {
+          grad_preactivation_tile<A, kHasGradCode, scalar_t, acc_t>(
+              grad_code_data, grad_penalty_data, grad_penalty_stride, code_data, norms,
+              grad_preact_data, grad_bias_sum, row_scale_sum, hidden, chunk * chunk_rows,
+              std::min(batch, (chunk + 1) * chunk_rows), unit_begin, unit_end);
+        };
+        if (slabs == 0) {
+          at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+            for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+              acc_t* chunk_sums = partial_data + chunk * 2 * hidden;
+              fused_pass(chunk_sums, chunk_sums + hidden, chunk, 0, hidden);
+            }
+          });
+          at::parallel_for(0, 2 * hidden, rows_per_task(state.num_chunks), [&](int64_t begin, int64_t end) {
+            sum_rows_in_order<acc_t>(partial_data, unit_sums.mutable_data_ptr<acc_t>(), state.num_chunks,
+                                     2 * hidden, begin, end);
+          });
+          return;
+        }
+        at::parallel_for(0, slabs, 1, [&](int64_t slab_begin, int64_t slab_end) {
+          for (int64_t slab = slab_begin; slab < slab_end; ++slab) {
+            const ColumnSlab cols = column_slab(slab, slabs, hidden);
+            const int64_t units = cols.end - cols.begin;
+            acc_t* grad_bias_sum = partial_data;
+            acc_t* row_scale_sum = partial_data + hidden;
+            std::vector<acc_t> chunk_sums(2 * units);
+            for (int64_t chunk = 0; chunk < state.num_chunks; ++chunk) {
+              std::fill(chunk_sums.begin(), chunk_sums.end(), acc_t(0));
+              fused_pass(chunk_sums.data(), chunk_sums.data() + units, chunk, cols.begin, cols.end);
+              for (int64_t u = 0; u < units; ++u) {
+                grad_bias_sum[cols.begin + u] += chunk_sums[u];
+                row_scale_sum[cols.begin + u] += chunk_sums[units + u];
+              }
+            }
+            if (!need_grad_weight) {
+              continue;
+            }
+            // This slab's rows of dW: diag(2 Σ_b g_p φ'²) W, then += dzᵀ x
+            // (the GEMM with beta = 1), while they are still in cache.
+            at::Tensor grad_weight_rows = grad_weight.narrow(0, cols.begin, units);
+            const at::Tensor grad_preact_cols = state.grad_preact.narrow(1, cols.begin, units).t();
+            if (scale_weight) {
+              scale_rows<scalar_t, acc_t>(weight_c.const_data_ptr<scalar_t>(), row_scale_sum,
+                                          grad_weight.mutable_data_ptr<scalar_t>(), cols.begin,
+                                          cols.end, weight_c.size(1));
+              at::cpu::addmm_(grad_weight_rows, grad_preact_cols, x);
+            } else {
+              at::cpu::mm_out(grad_weight_rows, grad_preact_cols, x);
+            }
           }
         });
-      };
-      if (grad_code_data != nullptr) {
-        run_chunks(std::true_type{});
-      } else {
-        run_chunks(std::false_type{});
-      }
+      });
     });
   });
-  return finish_backward(state, x, weight, output_mask);
+  if (slabs == 0) {
+    return finish_backward(state, unit_sums, x, weight, output_mask);
+  }
+  at::Tensor grad_x = output_mask[0] ? at::mm(state.grad_preact, weight) : at::Tensor();
+  at::Tensor grad_bias = output_mask[2] ? unit_sums[0].to(x.scalar_type()) : at::Tensor();
+  return {grad_x, grad_weight, grad_bias};
 }
 
 TORCH_LIBRARY_IMPL(fastcae, CPU, m) {

@@ -237,7 +237,8 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
                                           c10::string_view activation_name,
                                           std::array<bool, 3> output_mask) {
   const c10::cuda::CUDAGuard device_guard(x.device());
-  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code, row_norms_sq);
+  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code, row_norms_sq,
+                                                      /*partial_per_chunk=*/true);
   const Activation activation = parse_activation(activation_name);
   if (state.batch > 0 && state.hidden > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cuda", [&] {
@@ -267,7 +268,7 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
       });
     });
   }
-  return finish_backward(state, x, weight, output_mask);
+  return finish_backward(state, state.partials.sum(0), x, weight, output_mask);
 }
 
 at::Tensor hessian_forward_cuda(const at::Tensor& preact, const at::Tensor& noisy_preact,

@@ -40,14 +40,16 @@ void check_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
 
 // The rows of the backward pass are summed per fixed chunk of rows whose size
 // depends only on the batch size, so per-unit sums are bitwise reproducible
-// whatever the thread count or launch configuration.
+// whatever the launch configuration (CUDA, and the CPU's rows path).
 inline int64_t backward_chunk_rows(int64_t batch) {
   return std::max<int64_t>(16, (batch + 255) / 256);
 }
 
 // The backward's checked, row-contiguous inputs and its buffers (the same for
 // both devices): the fused pass fills grad_preact (dz, the one B×H temporary)
-// and partials[c] = (Σ_b dz, Σ_b g_p φ'²) over chunk c's rows.
+// and the per-unit sums (Σ_b dz, Σ_b g_p φ'²), either one partial per chunk of
+// chunk_rows rows (partials[c], added afterwards) or, where one thread sums a
+// unit over the whole batch, their total (partials[0]).
 struct EncodeBackwardState {
   at::Tensor code;          // (B, H), contiguous
   at::Tensor row_norms_sq;  // (H,), contiguous
@@ -55,22 +57,25 @@ struct EncodeBackwardState {
   at::Tensor grad_penalty;  // (B,), any stride (the backward of a mean is an expanded scalar);
                             // undefined when the loss does not use p
   at::Tensor grad_preact;   // (B, H), to fill
-  at::Tensor partials;      // (num_chunks, 2, H), zeros
+  at::Tensor partials;      // (num_chunks or 1, 2, H), zeros
   int64_t batch;
   int64_t hidden;
   int64_t chunk_rows;
   int64_t num_chunks;
 };
+
 EncodeBackwardState prepare_encode_backward(const c10::optional<at::Tensor>& grad_code,
                                             const c10::optional<at::Tensor>& grad_penalty,
                                             const at::Tensor& x, const at::Tensor& weight,
-                                            const at::Tensor& code, const at::Tensor& row_norms_sq);
+                                            const at::Tensor& code, const at::Tensor& row_norms_sq,
+                                            bool partial_per_chunk);
 
-// After the fused pass: adds the chunks in order, then dx = dz W and
-// dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x through ATen's GEMMs (MKL / cuBLAS,
-// honouring PyTorch's TF32 setting), db = Σ_b dz.
-EncodeBackwardResult finish_backward(const EncodeBackwardState& state, const at::Tensor& x,
-                                     const at::Tensor& weight, std::array<bool, 3> output_mask);
+// After the fused pass, from unit_sums = (Σ_b dz, Σ_b g_p φ'²) (2, H):
+// dx = dz W and dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x through ATen's GEMMs
+// (MKL / cuBLAS, honouring PyTorch's TF32 setting), db = Σ_b dz.
+EncodeBackwardResult finish_backward(const EncodeBackwardState& state, const at::Tensor& unit_sums,
+                                     const at::Tensor& x, const at::Tensor& weight,
+                                     std::array<bool, 3> output_mask);
 
 // Calls fn(std::integral_constant<Activation, A>{}) for the runtime value, so
 // kernels are compiled once per activation with the math inlined.
