@@ -75,14 +75,15 @@ def test_outputs_and_gradients_are_bitwise_deterministic(device, backend, activa
 
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
-@pytest.mark.parametrize("hidden", [50, 300, 1030])
-def test_results_do_not_depend_on_thread_count(hidden):
+@pytest.mark.parametrize(("batch", "hidden"), [(301, 50), (301, 1030), (101, 600)])
+def test_results_do_not_depend_on_thread_count(batch, hidden):
     """h, p, dW and db are bitwise the same on one thread and on all of them.
-    With several threads H = 50 takes the rows path and H = 300, 1030 the column
-    slabs; on one thread all take the slabs, so both paths agree bitwise. dx is
+    With two threads (301, 50) takes the rows path and the others the column
+    slabs (600 units: uneven slabs); on one thread all take the slabs, so the
+    two paths agree bitwise. dx is
     ATen's GEMM dz W, whose reduction over H MKL may split between threads, so
     it is only close."""
-    x, weight, bias = make_inputs(301, 40, hidden, seed=8)
+    x, weight, bias = make_inputs(batch, 40, hidden, seed=8)
     threads = torch.get_num_threads()
 
     def run():

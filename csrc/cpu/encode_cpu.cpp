@@ -8,17 +8,20 @@
 //           (row_scale), then dx = dz W and dW = diag(row_scale) W + dzᵀ x.
 //
 // Two ways to share the work between threads, chosen by column_slab_count:
-//   column slabs (H wide enough): each thread owns a slab of units (columns
+//   column slabs (H > B and wide enough): each thread owns a slab of units (columns
 //     of h, rows of W) and runs every stage on it inside ONE parallel region:
 //     ‖W_j‖² of its rows of W, its columns of x Wᵀ (a single-threaded GEMM
 //     call), the fused pass; in the backward dz, the unit sums, the row scale
 //     of its rows of W and its rows of dW. Its W rows, z columns and dW rows
 //     stay in its own cache between stages, and the unit sums need no
 //     cross-thread reduction.
-//   rows (narrow H, or many threads): ATen's multi-threaded GEMM, then the
-//     fused passes parallel over the batch.
-// Both give the same penalty bitwise: every row's penalty is summed per fixed
-// group of kPenaltyGroupColumns units, and the groups are added in order.
+//   rows (otherwise): ATen's multi-threaded GEMM, then the fused passes
+//     parallel over the batch.
+// Both give the same results bitwise (tested): every row's penalty is summed
+// per fixed group of kPenaltyGroupColumns units and the groups are added in
+// order; the backward's per-unit sums go over the same fixed chunks of rows,
+// added in order; and MKL gives a slab of x Wᵀ or dW the same bits as the
+// whole product.
 //
 // Loops are written for the auto-vectorizer (branch-free math from
 // cae_math.h, `omp simd` reductions) and compiled in several ISA clones
@@ -44,17 +47,20 @@ namespace {
 // groups are added in order (sum_group_penalties), whatever split the threads.
 constexpr int64_t kPenaltyGroupColumns = 64;
 // A thread's column slab is at least this many groups wide: narrower, its GEMM
-// call is too thin to run near peak and the rows path is faster.
-constexpr int64_t kMinSlabGroups = 2;
+// call is too thin to run near peak and the rows path is faster (measured on
+// the 2-core CI machine, see BENCHMARKS.md).
+constexpr int64_t kMinSlabGroups = 4;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t penalty_groups(int64_t hidden) { return ceil_div(hidden, kPenaltyGroupColumns); }
 
 // How many column slabs (one per thread) the work is split into, or 0 for the
-// rows path: H too narrow to give each thread kMinSlabGroups groups, or
-// nothing to split. Inside another parallel region everything runs on the
-// calling thread, as one slab.
+// rows path. Slabs split W between the threads and give each all of x, so they
+// pay off while x is the smaller operand (B < H) and each slab is at least
+// kMinSlabGroups groups wide; otherwise MKL's own split of the GEMM is faster.
+// Inside another parallel region everything runs on the calling thread, as
+// one slab.
 int64_t column_slab_count(int64_t batch, int64_t hidden) {
   if (batch == 0 || hidden == 0) {
     return 0;
@@ -63,7 +69,10 @@ int64_t column_slab_count(int64_t batch, int64_t hidden) {
   if (threads == 1) {
     return 1;
   }
-  return penalty_groups(hidden) >= kMinSlabGroups * threads ? threads : 0;
+  if (batch >= hidden || penalty_groups(hidden) < kMinSlabGroups * threads) {
+    return 0;
+  }
+  return threads;
 }
 
 // Slab `slab` of `slabs` covers penalty groups [first, last): units
