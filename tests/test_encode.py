@@ -15,7 +15,18 @@ TARGETS = [(device, backend) for device in DEVICES for backend in available_back
 FAST_TARGETS = [(d, b) for d, b in TARGETS if b not in ("torch", "naive")]
 TARGET_IDS = [f"{d}-{b}" for d, b in TARGETS]
 FAST_TARGET_IDS = [f"{d}-{b}" for d, b in FAST_TARGETS]
-SHAPES = [(1, 1, 1), (3, 5, 7), (17, 33, 15), (2, 3, 257), (300, 17, 4), (127, 300, 65), (64, 784, 128)]
+# (33, 20, 515): B < H and 9 groups of 64 units, the C++ kernels' column slabs
+# on two threads (uneven slabs, a short last group); the others take its rows path.
+SHAPES = [
+    (1, 1, 1),
+    (3, 5, 7),
+    (17, 33, 15),
+    (2, 3, 257),
+    (300, 17, 4),
+    (127, 300, 65),
+    (64, 784, 128),
+    (33, 20, 515),
+]
 # Under the Triton interpreter a kernel call at these shapes takes seconds: run them in float32 only.
 HEAVY_FOR_INTERPRETER = {(127, 300, 65), (64, 784, 128)}
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

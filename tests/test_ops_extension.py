@@ -104,6 +104,38 @@ def test_results_do_not_depend_on_thread_count(batch, hidden):
     torch.testing.assert_close(single[2], grad_x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
+@pytest.mark.parametrize("threads", ["one", "all"])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_gradcheck_cpu_column_slabs(threads, activation):
+    """gradcheck of the CPU kernels where they split H into column slabs: with
+    B < H and 450 units (8 groups of 64, the last one short) two threads take
+    that path, and one thread takes it at any size (test_encode's gradchecks
+    use shapes that take the rows path on two threads)."""
+    x, weight, bias = make_inputs(3, 4, 450, dtype=torch.float64, seed=11, requires_grad=True)
+    if activation == "relu":  # keep every pre-activation away from the kink at 0
+        with torch.no_grad():
+            z = x @ weight.t() + bias
+            bias.add_(torch.where(z.abs().min(dim=0).values < 0.05, 0.3, 0.0))
+        assert (x @ weight.t() + bias).abs().min() > 1e-3
+
+    def combined(*tensors):
+        h, p = fastcae.encode(*tensors, activation=activation, backend="cpu")
+        return (h.sin().sum(dim=1) + p.log1p()).sum()
+
+    def penalty_only(*tensors):
+        return fastcae.penalty(*tensors, activation=activation, reduction="none", backend="cpu")
+
+    previous = torch.get_num_threads()
+    try:
+        if threads == "one":
+            torch.set_num_threads(1)
+        for fn in (combined, penalty_only):
+            assert torch.autograd.gradcheck(fn, (x, weight, bias)), fn.__name__
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize(("device", "backend"), TARGETS)
 def test_torch_compile_matches_eager_without_graph_breaks(device, backend):
     x, weight, bias = make_inputs(16, 12, 10, device=device, seed=1)
