@@ -22,14 +22,13 @@ def _quoted(choices: Iterable[str]) -> str:
     return ", ".join(repr(c) for c in choices)
 
 
-def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise naming ``name``."""
-    choices = tuple(choices)
+    if isinstance(value, str) and value in choices:
+        return value
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {_quoted(choices)}; got {type(value).__name__}")
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {_quoted(choices)}; got {value!r}")
-    return value
+    raise ValueError(f"{name} must be one of {_quoted(choices)}; got {value!r}")
 
 
 def _check_tensor(name: str, value: object) -> Tensor:
@@ -49,6 +48,8 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
     Expects x (B, D), weight (H, D), bias (H,) or None, all floating point with
     one dtype and on one device, and a known activation name.
     """
+    # Runs on every call, right after the previous call's kernels have flushed
+    # the interpreter's data from the caches: a few attribute reads, no temporaries.
     x = _check_tensor("x", x)
     weight = _check_tensor("weight", weight)
     if x.dim() != 2:
@@ -63,22 +64,21 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
             f"x has {x.shape[1]} features (shape {tuple(x.shape)}) but weight expects {weight.shape[1]} "
             f"(shape {tuple(weight.shape)}): weight must be (hidden_features, in_features)"
         )
-    tensors = {"x": x, "weight": weight}
+    dtype, device = x.dtype, x.device
+    _check_like_x("weight", weight, dtype, device)
     if bias is not None:
         bias = _check_tensor("bias", bias)
-        if bias.shape != (weight.shape[0],):
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-        tensors["bias"] = bias
-    for name, tensor in tensors.items():
-        if tensor.dtype != x.dtype:
-            raise TypeError(
-                f"{name} has dtype {tensor.dtype} but x has {x.dtype}: all tensors need one dtype"
-            )
-        if tensor.device != x.device:
-            raise ValueError(
-                f"{name} is on {tensor.device} but x is on {x.device}: all tensors need one device"
-            )
+        _check_like_x("bias", bias, dtype, device)
     check_choice("activation", activation, ACTIVATION_NAMES)
+
+
+def _check_like_x(name: str, tensor: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    if tensor.dtype != dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but x has {dtype}: all tensors need one dtype")
+    if tensor.device != device:
+        raise ValueError(f"{name} is on {tensor.device} but x is on {device}: all tensors need one device")
 
 
 def check_reduction(reduction: object) -> str:

@@ -121,6 +121,8 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+
 # Candidates of "auto" per device type, in order of preference. Where several
 # fused backends can run, the fastest is measured per problem kind
 # (fastcae/_autotune.py); "torch" is the fallback that runs anywhere.
@@ -149,7 +151,7 @@ def resolve_backend(
         BackendUnavailableError: a named backend that cannot run on this machine.
         TypeError: a named backend that does not take x's dtype.
     """
-    check_choice("backend", name, ("auto", *BACKENDS))
+    check_choice("backend", name, BACKEND_CHOICES)
     if name == "auto":
         candidates = [BACKENDS[n] for n in AUTO_PREFERENCE.get(x.device.type, ()) if BACKENDS[n].supports(x)]
         if not candidates:

@@ -69,34 +69,29 @@ def encode(
             backend that cannot run here or on x's device.
     """
     check_encoder_args(x, weight, bias, activation)
-    x, weight, bias = _autocast(x, weight, bias)
-    chosen = resolve_backend(backend, x, weight, bias, activation)
-    with _autocast_disabled(x.device.type):  # inputs are cast already; the penalty accumulates in float32
-        code, penalty = chosen.encode(x, weight, bias, activation)
-    return EncoderOutput(code, penalty)
-
-
-def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Under torch.autocast, take the casting policy of F.linear: floating inputs
-    other than float64 are cast to the autocast dtype of x's device. The fused
-    kernels still accumulate in float32 and return a float32 penalty."""
     device_type = x.device.type
-    if not (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
-        return x, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
+    autocast_dtype = _autocast_dtype(device_type)
+    if autocast_dtype is None:
+        chosen = resolve_backend(backend, x, weight, bias, activation)
+        return EncoderOutput(*chosen.encode(x, weight, bias, activation))
+    x, weight, bias = _cast_for_autocast((x, weight, bias), autocast_dtype)
+    chosen = resolve_backend(backend, x, weight, bias, activation)
+    with torch.autocast(device_type, enabled=False):  # inputs are cast already; p accumulates in float32
+        return EncoderOutput(*chosen.encode(x, weight, bias, activation))
 
-    def cast(t: Tensor | None) -> Tensor | None:
-        return t if t is None or t.dtype in (torch.float64, dtype) else t.to(dtype)
 
-    return cast(x), cast(weight), cast(bias)
-
-
-def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast off inside fastcae (the inputs are cast already), entered only when
-    autocast is on: the context manager itself costs tens of µs per call."""
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype of ``device_type`` while autocast is on there, else None."""
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _cast_for_autocast(tensors: tuple[Tensor | None, ...], dtype: torch.dtype) -> tuple[Tensor | None, ...]:
+    """F.linear's autocast policy: floating inputs other than float64 are cast to
+    the autocast dtype. The fused kernels still accumulate in float32 and return
+    a float32 penalty."""
+    return tuple(t if t is None or t.dtype in (torch.float64, dtype) else t.to(dtype) for t in tensors)
 
 
 def penalty(
@@ -180,10 +175,15 @@ def penalty_hessian(
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
-    x, weight, bias = _autocast(x, weight, bias)
+    autocast_dtype = _autocast_dtype(x.device.type)
+    if autocast_dtype is not None:
+        x, weight, bias = _cast_for_autocast((x, weight, bias), autocast_dtype)
     chosen = resolve_backend(backend, x, weight, bias, activation)
     compute_dtype = penalty_dtype(x.dtype)
-    with _autocast_disabled(x.device.type):  # inputs are cast already; accumulate in compute_dtype
+    autocast_off = (
+        contextlib.nullcontext() if autocast_dtype is None else torch.autocast(x.device.type, enabled=False)
+    )
+    with autocast_off:  # inputs are cast already; accumulate in compute_dtype
         noise = torch.randn(
             (n_samples, *x.shape), generator=generator, device=x.device, dtype=compute_dtype
         ).mul_(float(sigma))

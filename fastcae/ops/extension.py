@@ -35,7 +35,7 @@ def encode_extension(
     x: Tensor, weight: Tensor, bias: Tensor | None, activation: str
 ) -> tuple[Tensor, Tensor]:
     """h (B, H) and p (B,) from the fused C++/CUDA op of x's device."""
-    code, penalty, _row_norms_sq = torch.ops.fastcae.encode_forward(x, weight, bias, activation)
+    code, penalty, _row_norms_sq = torch.ops.fastcae.encode_forward.default(x, weight, bias, activation)
     return code, penalty
 
 
