@@ -80,9 +80,8 @@ def test_results_do_not_depend_on_thread_count(batch, hidden):
     """h, p, dW and db are bitwise the same on one thread and on all of them.
     With two threads (301, 50) takes the rows path and the others the column
     slabs (600 units: uneven slabs); on one thread all take the slabs, so the
-    two paths agree bitwise. dx is
-    ATen's GEMM dz W, whose reduction over H MKL may split between threads, so
-    it is only close."""
+    two paths agree bitwise. dx is ATen's GEMM dz W, whose reduction over H
+    MKL may split between threads, so it is only close."""
     x, weight, bias = make_inputs(batch, 40, hidden, seed=8)
     threads = torch.get_num_threads()
 

@@ -44,7 +44,7 @@ namespace fastcae {
 namespace {
 
 // Units per penalty group: each row's penalty is summed per group, then the
-// groups are added in order (sum_group_penalties), whatever split the threads.
+// groups are added in order (sum_rows_in_order), whatever split the threads.
 constexpr int64_t kPenaltyGroupColumns = 64;
 // A thread's column slab is at least this many groups wide: narrower, its GEMM
 // call is too thin to run near peak and the rows path is faster (measured on
@@ -404,8 +404,9 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
   if (slabs == 0) {
     return finish_backward(state, unit_sums, x, weight, output_mask);
   }
-  at::Tensor grad_x = output_mask[0] ? at::mm(state.grad_preact, weight) : at::Tensor();
-  at::Tensor grad_bias = output_mask[2] ? unit_sums[0].to(x.scalar_type()) : at::Tensor();
+  // The slabs have written dW; dx and db are finished as in the rows path.
+  auto [grad_x, unused_grad_weight, grad_bias] =
+      finish_backward(state, unit_sums, x, weight, {output_mask[0], false, output_mask[2]});
   return {grad_x, grad_weight, grad_bias};
 }
 
