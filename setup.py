@@ -110,8 +110,13 @@ else:
     link_flags = []
 nvcc_flags = ["-O3", "-lineinfo"]
 define_macros = []
-sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
-sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
+# Per op: csrc/<op>.cpp (schemas), csrc/common/<op>_common.cpp, csrc/cpu/<op>_cpu.cpp,
+# csrc/cuda/<op>_cuda.cu (CUDA builds only).
+sources = [
+    str(p.relative_to(ROOT))
+    for folder in ("", "common", "cpu")
+    for p in sorted((ROOT / "csrc" / folder).glob("*.cpp"))
+]
 if with_cuda:
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
     # Commas instead of ';' or spaces: the value travels through a shell command

@@ -7,6 +7,7 @@ values raise ValueError.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -31,7 +32,43 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     raise ValueError(f"{name} must be one of {_quoted(choices)}; got {value!r}")
 
 
-def _check_tensor(name: str, value: object) -> Tensor:
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int ≥ 1 (not a bool), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_non_negative(name: str, value: object) -> float:
+    """``value`` as a float if it is a real number ≥ 0 (not a bool, not NaN), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float if it is a real number > 0 (not a bool, not NaN), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_int_in_range(
+    name: str, value: object, low: int, high: int, low_name: str = "", high_name: str = ""
+) -> int:
+    """Return ``value`` if it is an int with low ≤ value ≤ high; TypeError for a non-int,
+    ValueError naming ``name`` (and the bounds, by ``low_name``/``high_name`` if given) otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        low_text = f"{low_name} = {low}" if low_name else str(low)
+        high_text = f"{high_name} = {high}" if high_name else str(high)
+        raise ValueError(f"{name} must satisfy {low_text} <= {name} <= {high_text}, got {value}")
+    return value
+
+
+def check_tensor(name: str, value: object) -> Tensor:
+    """Return ``value`` if it is a floating-point tensor, else raise TypeError naming ``name``."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOATING_DTYPES:
@@ -50,8 +87,8 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
     """
     # Runs on every call, right after the previous call's kernels have flushed
     # the interpreter's data from the caches: a few attribute reads, no temporaries.
-    x = _check_tensor("x", x)
-    weight = _check_tensor("weight", weight)
+    x = check_tensor("x", x)
+    weight = check_tensor("weight", weight)
     if x.dim() != 2:
         hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 1 else ""
         raise ValueError(f"x must be 2-D (batch, in_features), got shape {tuple(x.shape)}{hint}")
@@ -67,7 +104,7 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
     dtype, device = x.dtype, x.device
     _check_like_x("weight", weight, dtype, device)
     if bias is not None:
-        bias = _check_tensor("bias", bias)
+        bias = check_tensor("bias", bias)
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
         _check_like_x("bias", bias, dtype, device)

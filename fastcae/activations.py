@@ -1,11 +1,20 @@
-"""The activation table of the Python side: φ and φ'(z), for the plain-PyTorch backends.
+"""The activation table: φ and its derivatives in PyTorch, and the ids every kernel uses.
 
-φ' is taken from z, where it is accurate even for saturated units (from a
-rounded h, 1 - h loses all relative precision). The fused kernels' twins of
-this table, which also write φ' and φ'' from h for their backward passes, are
-``csrc/include/fastcae/cae_math.h`` (C++/CUDA) and ``kernels/activations.py``
-(Triton); the ids below are shared by all three. A NaN pre-activation gives a
-NaN derivative for every activation, so NaN inputs always reach the penalty.
+This table is the source of truth. The Triton kernels read their ids from it
+(kernels/activations.py); the C++ kernels list theirs in
+``FASTCAE_ACTIVATIONS`` (csrc/include/fastcae/cae_math.h), which
+tests/test_activations.py checks against it. Each activation is written three
+times (here, cae_math.h, kernels/activations.py), with the same function names:
+
+- ``slope(z)`` = φ'(z), from z: accurate even for saturated units (from a
+  rounded h, 1 - h loses all relative precision). The forward passes use it.
+- ``slope_from_code(h)`` = φ'(z) and ``curvature_from_code(h, φ')`` = φ''(z),
+  written from h = φ(z): what the backward passes have saved.
+
+NaN propagates: a NaN pre-activation or code gives a NaN slope for every
+activation, so NaN inputs always reach the penalty. Everything here is made
+of differentiable PyTorch ops, so the closed forms built on it
+(fastcae/ops/reference.py) are differentiable to any order.
 """
 
 from __future__ import annotations
@@ -20,29 +29,37 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Activation:
-    """One elementwise activation φ and its derivative.
+    """One elementwise activation φ and its derivatives.
 
     Attributes:
         name: the public name ("sigmoid", ...).
-        id: the index shared with the C++ enum and the Triton kernels.
-        forward: z -> h.
+        id: the index shared with the C++ and Triton kernels.
+        forward: z -> h = φ(z).
         slope: z -> φ'(z).
+        slope_from_code: h -> φ'(z).
+        curvature_from_code: (h, φ'(z)) -> φ''(z).
     """
 
     name: str
     id: int
     forward: Callable[[Tensor], Tensor]
     slope: Callable[[Tensor], Tensor]
+    slope_from_code: Callable[[Tensor], Tensor]
+    curvature_from_code: Callable[[Tensor, Tensor], Tensor]
 
 
-def _propagate_nan(z: Tensor, value: Tensor) -> Tensor:
-    return torch.where(torch.isnan(z), z, value)
+def _propagate_nan(t: Tensor, value: Tensor) -> Tensor:
+    return torch.where(torch.isnan(t), t, value)
 
 
 def _tanh_slope(z: Tensor) -> Tensor:
     # sech²(z) = 4e / (1 + e)² with e = exp(-2|z|): no overflow, no cancellation.
     e = torch.exp(-2 * z.abs())
     return 4 * e / (1 + e) ** 2
+
+
+def _no_curvature(h: Tensor, slope: Tensor) -> Tensor:
+    return torch.zeros_like(h)
 
 
 ACTIVATIONS: dict[str, Activation] = {
@@ -53,6 +70,8 @@ ACTIVATIONS: dict[str, Activation] = {
             0,
             forward=torch.sigmoid,
             slope=lambda z: torch.sigmoid(z) * torch.sigmoid(-z),
+            slope_from_code=lambda h: h * (1 - h),
+            curvature_from_code=lambda h, slope: slope * (1 - 2 * h),
         ),
         Activation(
             "tanh",
@@ -60,25 +79,33 @@ ACTIVATIONS: dict[str, Activation] = {
             forward=torch.tanh,
             slope=_tanh_slope,
             # (1-h)(1+h) keeps relative accuracy as |h| -> 1, unlike 1 - h².
+            slope_from_code=lambda h: (1 - h) * (1 + h),
+            curvature_from_code=lambda h, slope: -2 * h * slope,
         ),
         Activation(
             "softplus",
             2,
             forward=F.softplus,
             slope=torch.sigmoid,
-            # φ'(z) = sigmoid(z) = 1 - exp(-h) because h = log(1 + e^z).
+            # h = log(1 + e^z), so φ'(z) = σ(z) = 1 - e^{-h} and φ'' = σ(1 - σ).
+            slope_from_code=lambda h: -torch.expm1(-h),
+            curvature_from_code=lambda h, slope: slope * (1 - slope),
         ),
         Activation(
             "relu",
             3,
             forward=torch.relu,
             slope=lambda z: _propagate_nan(z, (z > 0).to(z.dtype)),
+            slope_from_code=lambda h: _propagate_nan(h, (h > 0).to(h.dtype)),
+            curvature_from_code=_no_curvature,
         ),
         Activation(
             "identity",
             4,
             forward=lambda z: z,
             slope=lambda z: _propagate_nan(z, torch.ones_like(z)),
+            slope_from_code=lambda h: _propagate_nan(h, torch.ones_like(h)),
+            curvature_from_code=_no_curvature,
         ),
     )
 }

@@ -32,30 +32,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _argument(convert, check, name: str):
+    """An argparse type: convert the text, then apply fastcae's own check of the value."""
 
+    def parse(text: str):
+        try:
+            return check("value", convert(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    parse.__name__ = name
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._validation import check_non_negative, check_positive, check_positive_int
     from .activations import ACTIVATION_NAMES
     from .nn import DECODER_ACTIVATIONS
+
+    _positive_int = _argument(int, check_positive_int, "positive integer")
+    _non_negative_float = _argument(float, check_non_negative, "non-negative number")
+    _positive_float = _argument(float, check_positive, "positive number")
 
     parser = _Parser(prog="fastcae", description="Contractive autoencoders with a fused Jacobian penalty.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -102,7 +99,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import fastcae
-    from fastcae.ops import extension
+    from fastcae.ops import loading
 
     print(f"fastcae {fastcae.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
     try:
@@ -118,8 +115,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"cuda:{i}: {props.name} (sm_{props.major}{props.minor}, {memory:.0f} GiB)")
     else:
         print(f"CUDA: no device (torch built with CUDA {torch.version.cuda})")
-    if extension._C is not None:
-        _C = extension._C
+    _C = loading.extension()
+    if _C is not None:
         archs = f" for {_C.cuda_archs()}" if _C.built_with_cuda() else ""
         print(f"extension: built {'with' if _C.built_with_cuda() else 'without'} CUDA{archs}; "
               f"CPU kernels: {_C.cpu_kernel_isa()}")  # fmt: skip

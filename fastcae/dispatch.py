@@ -1,8 +1,8 @@
-"""The backend registry: name -> availability (with the reason) -> op.
+"""The backend registry: name -> where it runs and whether it can run here (with the reason).
 
-Every backend computes the same thing, ``(x, weight, bias, activation) ->
-(h (B, H), p (B,))``, differentiably; they differ in where and how fast.
-"auto" picks the fastest one available for the inputs' device and dtype.
+A backend is a way of computing every op (fastcae/ops/<op>.py holds each op's
+implementation per backend name); they differ in where and how fast. "auto"
+picks the fastest one available for the inputs' device and dtype.
 """
 
 from __future__ import annotations
@@ -15,12 +15,7 @@ from torch import Tensor
 
 from . import _autotune
 from ._validation import FLOATING_DTYPES, check_choice
-from .ops import extension
-from .ops import triton as triton_ops
-from .ops.reference import encode_naive, encode_torch, hessian_torch
-
-EncodeFn = Callable[[Tensor, Tensor, "Tensor | None", str], "tuple[Tensor, Tensor]"]
-HessianFn = Callable[[Tensor, Tensor, Tensor, str], Tensor]
+from .ops import loading
 
 
 class BackendUnavailableError(ValueError):
@@ -29,25 +24,21 @@ class BackendUnavailableError(ValueError):
 
 @dataclass(frozen=True)
 class Backend:
-    """One way of computing the encoder and its penalty.
+    """One way of computing fastcae's ops.
 
     Attributes:
         name: the value of ``backend=``.
         description: one line for ``fastcae info`` and the docs.
-        encode: the differentiable op.
         device_types: device types it accepts (None: any).
         dtypes: input dtypes it accepts.
         unavailable_reason: returns why it cannot run on this machine, or None.
-        hessian: the CAE+H op from pre-activations, (z, z̃, ‖W_j‖², activation) -> (B,).
     """
 
     name: str
     description: str
-    encode: EncodeFn
     device_types: frozenset[str] | None
     dtypes: frozenset[torch.dtype]
     unavailable_reason: Callable[[], str | None]
-    hessian: HessianFn = hessian_torch
 
     def supports(self, x: Tensor) -> bool:
         on_device = self.device_types is None or x.device.type in self.device_types
@@ -59,13 +50,13 @@ def _always_available() -> str | None:
 
 
 def _cpu_unavailable_reason() -> str | None:
-    return extension.LOAD_ERROR
+    return loading.EXTENSION_ERROR
 
 
 def _cuda_unavailable_reason() -> str | None:
-    if extension.LOAD_ERROR is not None:
-        return extension.LOAD_ERROR
-    if not extension.built_with_cuda():
+    if loading.EXTENSION_ERROR is not None:
+        return loading.EXTENSION_ERROR
+    if not loading.extension_has_cuda():
         return "fastcae._C was built without CUDA (rebuild with a CUDA toolkit, or FASTCAE_CUDA=1)"
     if not torch.cuda.is_available():
         return "no CUDA device"
@@ -76,47 +67,43 @@ BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
         Backend(
-            "torch",
-            "eager closed form in plain PyTorch: the reference every fast path is tested against",
-            encode_torch,
-            None,
-            frozenset(FLOATING_DTYPES),
-            _always_available,
+            name="torch",
+            description="eager closed form in plain PyTorch: the reference every fast path is tested against",
+            device_types=None,
+            dtypes=frozenset(FLOATING_DTYPES),
+            unavailable_reason=_always_available,
         ),
         Backend(
-            "naive",
-            "true per-sample Jacobian via torch.func.vmap(jacrev), then its squared Frobenius norm",
-            encode_naive,
-            None,
-            frozenset(FLOATING_DTYPES),
-            _always_available,
+            name="naive",
+            description=(
+                "true per-sample Jacobian via torch.func.vmap(jacrev), then its squared Frobenius norm"
+            ),
+            device_types=None,
+            dtypes=frozenset(FLOATING_DTYPES),
+            unavailable_reason=_always_available,
         ),
         Backend(
-            "cpu",
-            "fused C++ kernels (ATen GEMM + one vectorized pass), CPU tensors",
-            extension.encode_extension,
-            frozenset({"cpu"}),
-            frozenset(FLOATING_DTYPES),
-            _cpu_unavailable_reason,
-            extension.hessian_extension,
+            name="cpu",
+            description="fused C++ kernels (ATen GEMM + one vectorized pass), CPU tensors",
+            device_types=frozenset({"cpu"}),
+            dtypes=frozenset(FLOATING_DTYPES),
+            unavailable_reason=_cpu_unavailable_reason,
         ),
         Backend(
-            "triton",
-            "fused Triton kernels: GEMM with the penalty in its epilogue; backward GEMMs recompute dz from h",
-            triton_ops.encode_triton,
-            triton_ops.device_types(),
-            triton_ops.dtypes(),
-            triton_ops.unavailable_reason,
-            triton_ops.hessian_triton,
+            name="triton",
+            description=(
+                "fused Triton kernels: GEMM with the penalty in its epilogue; backward GEMMs recompute dz"
+            ),
+            device_types=loading.triton_device_types(),
+            dtypes=loading.triton_dtypes(),
+            unavailable_reason=loading.triton_unavailable_reason,
         ),
         Backend(
-            "cuda",
-            "fused CUDA C++ kernels: cuBLAS GEMM, then one fused pass per direction",
-            extension.encode_extension,
-            frozenset({"cuda"}),
-            frozenset(FLOATING_DTYPES),
-            _cuda_unavailable_reason,
-            extension.hessian_extension,
+            name="cuda",
+            description="fused CUDA C++ kernels: cuBLAS GEMM, then one fused pass per direction",
+            device_types=frozenset({"cuda"}),
+            dtypes=frozenset(FLOATING_DTYPES),
+            unavailable_reason=_cuda_unavailable_reason,
         ),
     )
 }
@@ -143,8 +130,8 @@ def backends() -> dict[str, str | None]:
 
 def resolve_backend(
     name: object, x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "sigmoid"
-) -> Backend:
-    """The backend that will run for ``backend=name`` on these (validated) inputs.
+) -> str:
+    """The name of the backend that runs for ``backend=name`` on these (validated) inputs.
 
     Raises:
         ValueError: unknown name, or a named backend that does not run on x's device.
@@ -153,9 +140,9 @@ def resolve_backend(
     """
     check_choice("backend", name, BACKEND_CHOICES)
     if name == "auto":
-        candidates = [BACKENDS[n] for n in AUTO_PREFERENCE.get(x.device.type, ()) if BACKENDS[n].supports(x)]
+        candidates = [n for n in AUTO_PREFERENCE.get(x.device.type, ()) if BACKENDS[n].supports(x)]
         if not candidates:
-            return BACKENDS["torch"]
+            return "torch"
         return _autotune.choose(candidates, x, weight, bias, activation)
     backend = BACKENDS[name]
     reason = backend.unavailable_reason()
@@ -167,4 +154,4 @@ def resolve_backend(
     if x.dtype not in backend.dtypes:
         accepted = ", ".join(sorted(str(d) for d in backend.dtypes))
         raise TypeError(f"backend={name!r} takes {accepted}, but x is {x.dtype}")
-    return backend
+    return name

@@ -13,16 +13,17 @@ differentiate them with hand-written backward kernels.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validation import check_encoder_args, check_reduction
+from ._precision import acc_dtype
+from ._validation import check_encoder_args, check_non_negative, check_positive_int, check_reduction
 from .dispatch import resolve_backend
-from .ops.reference import penalty_dtype
+from .ops import encode as encode_op
+from .ops import hessian as hessian_op
 
 
 class EncoderOutput(NamedTuple):
@@ -72,12 +73,12 @@ def encode(
     device_type = x.device.type
     autocast_dtype = _autocast_dtype(device_type)
     if autocast_dtype is None:
-        chosen = resolve_backend(backend, x, weight, bias, activation)
-        return EncoderOutput(*chosen.encode(x, weight, bias, activation))
+        run = encode_op.IMPLEMENTATIONS[resolve_backend(backend, x, weight, bias, activation)]
+        return EncoderOutput(*run(x, weight, bias, activation))
     x, weight, bias = _cast_for_autocast((x, weight, bias), autocast_dtype)
-    chosen = resolve_backend(backend, x, weight, bias, activation)
+    run = encode_op.IMPLEMENTATIONS[resolve_backend(backend, x, weight, bias, activation)]
     with torch.autocast(device_type, enabled=False):  # inputs are cast already; p accumulates in float32
-        return EncoderOutput(*chosen.encode(x, weight, bias, activation))
+        return EncoderOutput(*run(x, weight, bias, activation))
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -169,27 +170,25 @@ def penalty_hessian(
     """
     check_encoder_args(x, weight, bias, activation)
     check_reduction(reduction)
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma >= 0:
-        raise ValueError(f"sigma must be a non-negative number, got {sigma!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    sigma = check_non_negative("sigma", sigma)
+    check_positive_int("n_samples", n_samples)
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
     autocast_dtype = _autocast_dtype(x.device.type)
     if autocast_dtype is not None:
         x, weight, bias = _cast_for_autocast((x, weight, bias), autocast_dtype)
-    chosen = resolve_backend(backend, x, weight, bias, activation)
-    compute_dtype = penalty_dtype(x.dtype)
+    run = hessian_op.IMPLEMENTATIONS[resolve_backend(backend, x, weight, bias, activation)]
+    compute_dtype = acc_dtype(x.dtype)
     autocast_off = (
         contextlib.nullcontext() if autocast_dtype is None else torch.autocast(x.device.type, enabled=False)
     )
     with autocast_off:  # inputs are cast already; accumulate in compute_dtype
         noise = torch.randn(
             (n_samples, *x.shape), generator=generator, device=x.device, dtype=compute_dtype
-        ).mul_(float(sigma))
+        ).mul_(sigma)
         weight_c = weight.to(compute_dtype)
         preact = F.linear(x, weight, bias).to(compute_dtype)  # (B, H)
         noisy_preact = preact + noise @ weight_c.t()  # (n, B, H): (x + ε) Wᵀ + b by linearity
         row_norms_sq = weight_c.pow(2).sum(dim=1)
-        per_sample = chosen.hessian(preact, noisy_preact, row_norms_sq, activation)
+        per_sample = run(preact, noisy_preact, row_norms_sq, activation)
     return _reduce(per_sample, reduction)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._validation import _check_tensor, check_encoder_args
+from ._validation import check_encoder_args, check_int_in_range, check_tensor
 from .activations import ACTIVATIONS
 
 _CHUNK_ELEMENTS = 1 << 24
@@ -119,7 +119,7 @@ def tangents(
     """
     check_encoder_args(x, weight, bias, activation)
     hidden, features = weight.shape
-    _check_count("k", k, 1, min(hidden, features), "min(hidden_features, in_features)")
+    check_int_in_range("k", k, 1, min(hidden, features), high_name="min(hidden_features, in_features)")
     with torch.no_grad():
         w, slopes, wwt = _float64_layer(x, weight, bias, activation)
         values, directions = [], []
@@ -252,8 +252,8 @@ def local_pca_tangents(queries: Tensor, data: Tensor, *, n_neighbors: int = 10, 
         ValueError: wrong shapes, mixed devices, counts out of range, or a query
             left with fewer than n_neighbors points once its copy is removed.
     """
-    _check_tensor("queries", queries)
-    _check_tensor("data", data)
+    check_tensor("queries", queries)
+    check_tensor("data", data)
     for name, tensor in (("queries", queries), ("data", data)):
         if tensor.dim() != 2:
             raise ValueError(f"{name} must be 2-D (num_points, features), got shape {tuple(tensor.shape)}")
@@ -266,8 +266,10 @@ def local_pca_tangents(queries: Tensor, data: Tensor, *, n_neighbors: int = 10, 
     if data.device != queries.device:
         raise ValueError(f"data is on {data.device} but queries is on {queries.device}: they must match")
     num_points, features = data.shape
-    _check_count("k", k, 1, features, "in_features")
-    _check_count("n_neighbors", n_neighbors, k + 1, num_points, "the number of data points", low_name="k + 1")
+    check_int_in_range("k", k, 1, features, high_name="in_features")
+    check_int_in_range(
+        "n_neighbors", n_neighbors, k + 1, num_points, low_name="k + 1", high_name="the number of data points"
+    )
     with torch.no_grad():
         query64, data64 = queries.to(torch.float64), data.to(torch.float64)
         candidates = min(n_neighbors + 1, num_points)  # one spare, for the query's own copy
@@ -280,14 +282,6 @@ def local_pca_tangents(queries: Tensor, data: Tensor, *, n_neighbors: int = 10, 
         centred = neighbours - neighbours.mean(dim=1, keepdim=True)
         principal = torch.linalg.svd(centred, full_matrices=False).Vh[:, :k]
         return _fix_signs(principal).to(queries.dtype)
-
-
-def _check_count(name: str, value: object, low: int, high: int, high_name: str, low_name: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        low_text = f"{low_name} = {low}" if low_name else str(low)
-        raise ValueError(f"{name} must satisfy {low_text} <= {name} <= {high_name} = {high}, got {value}")
 
 
 def _float64_layer(

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_choice
+from ._precision import acc_dtype
+from ._validation import check_choice, check_non_negative, check_positive_int
 from .activations import ACTIVATION_NAMES
 from .functional import encode, penalty_hessian
 
@@ -48,18 +49,6 @@ class AutoencoderLoss(NamedTuple):
     reconstruction: Tensor
     contractive: Tensor
     hessian: Tensor
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_non_negative(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    return float(value)
 
 
 class ContractiveEncoder(nn.Module):
@@ -88,8 +77,8 @@ class ContractiveEncoder(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_positive_int("in_features", in_features)
-        self.hidden_features = _check_positive_int("hidden_features", hidden_features)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.hidden_features = check_positive_int("hidden_features", hidden_features)
         self.activation = check_choice("activation", activation, ACTIVATION_NAMES)
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
@@ -153,10 +142,10 @@ class ContractiveAutoencoder(nn.Module):
         )
         self.decoder_activation = check_choice("decoder_activation", decoder_activation, DECODER_ACTIVATIONS)
         self.tied = bool(tied)
-        self.contractive_weight = _check_non_negative("contractive_weight", contractive_weight)
-        self.hessian_weight = _check_non_negative("hessian_weight", hessian_weight)
-        self.hessian_sigma = _check_non_negative("hessian_sigma", hessian_sigma)
-        self.hessian_samples = _check_positive_int("hessian_samples", hessian_samples)
+        self.contractive_weight = check_non_negative("contractive_weight", contractive_weight)
+        self.hessian_weight = check_non_negative("hessian_weight", hessian_weight)
+        self.hessian_sigma = check_non_negative("hessian_sigma", hessian_sigma)
+        self.hessian_samples = check_positive_int("hessian_samples", hessian_samples)
         self.decoder_weight = (
             None if tied else nn.Parameter(torch.empty(hidden_features, in_features, **factory))
         )
@@ -282,7 +271,7 @@ class StackedContractiveAutoencoder(nn.Module):
         """Encode through every layer and decode back down; penalty is the sum of the layers' penalties."""
         code, penalty = (
             x,
-            x.new_zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32),
+            x.new_zeros(x.shape[0], dtype=acc_dtype(x.dtype)),
         )
         for layer in self.layers:
             code, layer_penalty = layer.encoder(code)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_non_negative, check_positive, check_positive_int
 from .data import Dataset, load_dataset, train_test_split
 from .geometry import contraction_report
 from .nn import ContractiveAutoencoder
@@ -56,18 +57,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field (the CLI turns it into a one-line error)."""
-        if self.hidden <= 0:
-            raise ValueError(f"--hidden must be a positive integer, got {self.hidden}")
-        if self.epochs <= 0:
-            raise ValueError(f"--epochs must be a positive integer, got {self.epochs}")
-        if self.batch_size <= 0:
-            raise ValueError(f"--batch-size must be a positive integer, got {self.batch_size}")
-        if not self.contractive_weight >= 0:
-            raise ValueError(f"--lambda must be >= 0, got {self.contractive_weight}")
-        if not self.hessian_weight >= 0:
-            raise ValueError(f"--hessian-weight must be >= 0, got {self.hessian_weight}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        check_positive_int("--hidden", self.hidden)
+        check_positive_int("--epochs", self.epochs)
+        check_positive_int("--batch-size", self.batch_size)
+        check_non_negative("--lambda", self.contractive_weight)
+        check_non_negative("--hessian-weight", self.hessian_weight)
+        check_positive("--lr", self.lr)
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

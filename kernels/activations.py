@@ -1,9 +1,9 @@
 """Per-element math of the contractive encoder for the Triton kernels.
 
-The Triton twin of csrc/include/fastcae/cae_math.h, with the same activation
-ids as fastcae/activations.py (0 sigmoid, 1 tanh, 2 softplus, 3 relu,
-4 identity). `ACTIVATION` is a constexpr, so each kernel is compiled with one
-branch only. All math is in float32 (float64 for float64 inputs).
+The Triton twin of csrc/include/fastcae/cae_math.h, with the activation ids
+of fastcae/activations.py (read from it below). `ACTIVATION` is a constexpr,
+so each kernel is compiled with one branch only. All math is in float32
+(float64 for float64 inputs).
 
 - forward_and_slope(z) -> (h, φ'(z)): φ' from z, accurate for saturated units.
 - slope_from_code(h) -> φ'(z) and curvature_from_code(h, φ') -> φ''(z), written
@@ -17,10 +17,12 @@ exp and log. NaN propagates through every function.
 import triton
 import triton.language as tl
 
-SIGMOID: tl.constexpr = tl.constexpr(0)
-TANH: tl.constexpr = tl.constexpr(1)
-SOFTPLUS: tl.constexpr = tl.constexpr(2)
-RELU: tl.constexpr = tl.constexpr(3)  # 4, identity, is every `else` branch
+from ..activations import ACTIVATIONS
+
+SIGMOID: tl.constexpr = tl.constexpr(ACTIVATIONS["sigmoid"].id)
+TANH: tl.constexpr = tl.constexpr(ACTIVATIONS["tanh"].id)
+SOFTPLUS: tl.constexpr = tl.constexpr(ACTIVATIONS["softplus"].id)
+RELU: tl.constexpr = tl.constexpr(ACTIVATIONS["relu"].id)  # identity is every `else` branch
 
 
 @triton.jit

@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._precision import acc_dtype as accumulation_dtype
+from .._precision import cuda_fp32_uses_tf32
 from .activations import forward_and_slope, grad_preactivation
 from .tuning import (
     INTERPRETED,
@@ -78,8 +80,10 @@ def _encode_forward_kernel(
 
     preact = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_dtype)
     row_norms_sq = tl.zeros((BLOCK_H,), dtype=acc_dtype)
-    for k in range(0, tl.cdiv(D, BLOCK_K)):
-        mask_k = offs_k < D - k * BLOCK_K
+    # range(0, D, BLOCK_K) rather than over tl.cdiv(D, BLOCK_K): the Triton 3.6 interpreter
+    # cannot iterate over a tl.cdiv result; compiled Triton lowers both alike.
+    for k0 in range(0, D, BLOCK_K):
+        mask_k = offs_k < D - k0
         x = tl.load(x_ptrs, mask=mask_b[:, None] & mask_k[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=mask_h[:, None] & mask_k[None, :], other=0.0)
         preact = tl.dot(x, tl.trans(w), preact, input_precision=INPUT_PRECISION, out_dtype=acc_dtype)
@@ -251,13 +255,9 @@ def _grad_weight_kernel(
 
 def _input_precision(dtype: torch.dtype) -> str:
     """PyTorch's float32 matmul setting decides between exact fp32 and TF32."""
-    if dtype == torch.float32 and not INTERPRETED and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not INTERPRETED and cuda_fp32_uses_tf32():
         return "tf32"
     return "ieee"
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def encode_forward(
@@ -266,14 +266,14 @@ def encode_forward(
     """Launch the fused forward. Returns h (B, H), p (B,) and ‖W_j‖² (H,)."""
     batch, in_features = x.shape
     hidden = weight.shape[0]
-    acc_dtype = _acc_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     code = torch.empty((batch, hidden), dtype=x.dtype, device=x.device)
-    row_norms_sq = torch.empty((hidden,), dtype=acc_dtype, device=x.device)
+    row_norms_sq = torch.empty((hidden,), dtype=acc, device=x.device)
     num_tiles_h = triton.cdiv(hidden, forward_block_h(hidden))
-    penalty_partial = torch.empty((batch, num_tiles_h), dtype=acc_dtype, device=x.device)
+    penalty_partial = torch.empty((batch, num_tiles_h), dtype=acc, device=x.device)
     if batch == 0 or hidden == 0:
-        row_norms_sq.copy_(weight.to(acc_dtype).pow(2).sum(dim=1))
-        return code, x.new_zeros((batch,), dtype=acc_dtype), row_norms_sq
+        row_norms_sq.copy_(weight.to(acc).pow(2).sum(dim=1))
+        return code, x.new_zeros((batch,), dtype=acc), row_norms_sq
     if bias is not None:
         bias = bias.contiguous()  # H elements; the kernel indexes it densely
 
@@ -285,7 +285,7 @@ def encode_forward(
         batch, in_features, hidden,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
         HAS_BIAS=bias is not None, ACTIVATION=activation_id, INPUT_PRECISION=_input_precision(x.dtype),
-        ACC_FP64=acc_dtype == torch.float64,
+        ACC_FP64=acc == torch.float64,
     )  # fmt: skip
     penalty = penalty_partial.view(batch) if num_tiles_h == 1 else penalty_partial.sum(dim=1)
     return code, penalty, row_norms_sq
@@ -305,7 +305,7 @@ def encode_backward(
     need_x, need_weight, need_bias = output_mask
     batch, in_features = x.shape
     hidden = weight.shape[0]
-    acc_dtype = _acc_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     code = code.contiguous()
     if grad_code is not None and grad_code.stride(1) != 1:
         grad_code = grad_code.contiguous()
@@ -314,7 +314,7 @@ def encode_backward(
         "HAS_GRAD_PENALTY": grad_penalty is not None,
         "ACTIVATION": activation_id,
         "INPUT_PRECISION": _input_precision(x.dtype),
-        "ACC_FP64": acc_dtype == torch.float64,
+        "ACC_FP64": acc == torch.float64,
     }
     # Unused pointers get a valid tensor; the constexpr flags keep them unread.
     grad_code_arg = grad_code if grad_code is not None else code

@@ -15,13 +15,14 @@ one small config is used, so tests stay fast and still cross tile edges.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import triton
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-AUTOTUNE = os.environ.get("FASTCAE_TRITON_AUTOTUNE", "1") not in ("", "0") and not INTERPRETED
+from .._environment import triton_autotune_enabled, triton_interpreter_enabled
+
+INTERPRETED = triton_interpreter_enabled()
+AUTOTUNE = triton_autotune_enabled()
 
 # Width (hidden units) of one forward tile. It is not autotuned because the
 # launcher sizes the per-tile penalty buffer (B, cdiv(H, BLOCK_H)) with it.

@@ -92,7 +92,7 @@ def test_tangents_and_filters_figures(tmp_path):
     [
         (["train", "--dataset", "mnist-please", "--out", "x"], "unknown dataset 'mnist-please'"),
         (["train", "--dataset", "/no/such/file.npy", "--out", "x"], "/no/such/file.npy"),
-        (["train", "--lambda", "-0.5", "--out", "x"], "--lambda: must be >= 0"),
+        (["train", "--lambda", "-0.5", "--out", "x"], "--lambda: must be a non-negative number"),
         (["train", "--hidden", "0", "--out", "x"], "--hidden: must be a positive integer"),
         (["train", "--hidden", "many", "--out", "x"], "--hidden"),
         (["train", "--activation", "gelu", "--out", "x"], "--activation"),

@@ -8,8 +8,8 @@ import torch
 from helpers import DEVICES, assert_close, available_backends, make_inputs, reference, skip_unless_supported
 
 import fastcae
+from fastcae._environment import triton_interpreter_enabled as interpreter_enabled
 from fastcae.activations import ACTIVATION_NAMES
-from fastcae.ops.triton import interpreter_enabled
 
 TARGETS = [(device, backend) for device in DEVICES for backend in available_backends(device)]
 FAST_TARGETS = [(d, b) for d, b in TARGETS if b not in ("torch", "naive")]

@@ -1,6 +1,7 @@
-"""The C++/CUDA ops as torch.library ops: opcheck, the extension's report of
-itself, determinism, and torch.compile. The "cpu" backend runs here always,
-the "cuda" backend where a GPU is present."""
+"""The C++/CUDA kernel ops as torch.library ops (opcheck; a gradient through a
+direct call is a clear error), the extension's report of itself, determinism,
+and torch.compile. The "cpu" backend runs here always, the "cuda" backend
+where a GPU is present."""
 
 import pytest
 import torch
@@ -18,9 +19,7 @@ def forward_samples():
     for device, _ in TARGETS:
         for activation in ACTIVATION_NAMES:
             for bias in (True, False):
-                x, weight, b = make_inputs(
-                    7, 9, 5, bias=bias, device=device, requires_grad=True, seed=len(activation)
-                )
+                x, weight, b = make_inputs(7, 9, 5, bias=bias, device=device, seed=len(activation))
                 yield (x, weight, b, activation)
         x, weight, b = make_inputs(6, 4, 3, dtype=torch.bfloat16, device=device, seed=2)
         yield (x, weight, b, "tanh")
@@ -162,15 +161,22 @@ def test_torch_compile_matches_eager_without_graph_breaks(device, backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_opcheck_hessian_ops(device, dtype):
     gen = torch.Generator().manual_seed(0)
-    preact = torch.randn(6, 5, generator=gen, dtype=dtype).to(device).requires_grad_()
-    noisy = (
-        preact.detach() + 0.3 * torch.randn(3, 6, 5, generator=gen, dtype=dtype).to(device)
-    ).requires_grad_()
-    norms = torch.rand(5, generator=gen, dtype=dtype).to(device).requires_grad_()
+    preact = torch.randn(6, 5, generator=gen, dtype=dtype).to(device)
+    noisy = preact + 0.3 * torch.randn(3, 6, 5, generator=gen, dtype=dtype).to(device)
+    norms = torch.rand(5, generator=gen, dtype=dtype).to(device)
     torch.library.opcheck(torch.ops.fastcae.hessian_forward.default, (preact, noisy, norms, "tanh"))
     grad = torch.randn(6, generator=gen, dtype=dtype).to(device)
     for mask in ([True, True, True], [False, True, False]):
         torch.library.opcheck(
-            torch.ops.fastcae.hessian_backward.default,
-            (grad, preact.detach(), noisy.detach(), norms.detach(), "tanh", mask),
+            torch.ops.fastcae.hessian_backward.default, (grad, preact, noisy, norms, "tanh", mask)
         )
+
+
+@pytest.mark.parametrize("device", [d for d, _ in TARGETS])
+def test_a_gradient_through_a_kernel_op_called_directly_is_a_clear_error(device):
+    """The kernel ops are not differentiable (fastcae.encode is): backward through
+    a direct call raises instead of giving zero gradients."""
+    x, weight, bias = make_inputs(4, 5, 3, device=device, requires_grad=True)
+    _code, penalty, _ = torch.ops.fastcae.encode_forward(x, weight, bias, "sigmoid")
+    with pytest.raises(RuntimeError, match="not implemented"):
+        penalty.sum().backward()

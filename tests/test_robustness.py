@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcae
+from fastcae._environment import triton_interpreter_enabled as interpreter_enabled
 from fastcae.activations import ACTIVATION_NAMES, ACTIVATIONS
 from fastcae.nn import ContractiveAutoencoder
-from fastcae.ops.triton import interpreter_enabled
 
 # Every backend that runs here, except the slow Jacobian baseline; the Triton
 # interpreter is slow too, so it gets fewer examples.

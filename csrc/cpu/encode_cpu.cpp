@@ -28,16 +28,17 @@
 // (GCC target_clones) that the loader picks for the running CPU.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm_cpu_dispatch.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu_kernels.h"
 #include "fastcae/cae_math.h"
+#include "fastcae/dispatch.h"
 #include "fastcae/encode.h"
 
 namespace fastcae {
@@ -143,7 +144,7 @@ FASTCAE_CPU_CLONES void activate_tile(scalar_t* code, const acc_t* bias, const a
         const acc_t preact = static_cast<acc_t>(code_row[j]) + bias[j];
         const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(preact);
         code_row[j] = static_cast<scalar_t>(value.code);
-        sum += penalty_term(value.dphi, row_norms_sq[j]);
+        sum += penalty_term(value.slope, row_norms_sq[j]);
       }
       group_penalties[group * batch + b] = sum;
     }
@@ -181,13 +182,13 @@ FASTCAE_CPU_CLONES void grad_preactivation_tile(
 #pragma omp simd
     for (int64_t j = unit_begin; j < unit_end; ++j) {
       const acc_t h = static_cast<acc_t>(code_row[j]);
-      const acc_t dphi = ActivationMath<A>::dphi(h);
+      const acc_t slope = ActivationMath<A>::slope_from_code(h);
       const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[b * hidden + j]) : acc_t(0);
       const acc_t grad_preact_bj =
-          grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, dphi, row_norms_sq[j]);
+          grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, slope, row_norms_sq[j]);
       grad_preact_row[j] = static_cast<scalar_t>(grad_preact_bj);
       grad_bias_sum[j - unit_begin] += grad_preact_bj;
-      row_scale_sum[j - unit_begin] += grad_penalty_b * dphi * dphi;
+      row_scale_sum[j - unit_begin] += grad_penalty_b * slope * slope;
     }
   }
 }
@@ -208,211 +209,264 @@ FASTCAE_CPU_CLONES void scale_rows(const scalar_t* weight, const acc_t* row_scal
   }
 }
 
-template <typename scalar_t>
-void row_norms_sq_cpu(const at::Tensor& weight_c, at::Tensor& out, int64_t begin, int64_t end) {
+// What the forward's two thread splits share: inputs, outputs, and the
+// per-group penalties group_penalties[g·B + b] they fill.
+struct ForwardProblem {
+  const at::Tensor& x;
+  at::Tensor weight;         // contiguous
+  const c10::optional<at::Tensor>& bias;
+  bool bias_in_gemm;         // half precision: the GEMM adds b (see encode_forward_cpu)
+  at::Tensor bias_acc;       // b in acc_t for the fused pass (zeros when the GEMM adds it)
+  at::Tensor code;           // (B, H): x Wᵀ on entry to the fused pass, h after it
+  at::Tensor row_norms_sq;   // (H,)
+  at::Tensor group_penalties;  // (⌈H/64⌉, B)
+  int64_t batch;
+  int64_t hidden;
+};
+
+// Rows path: ATen's multi-threaded GEMM has already written code; ‖W_j‖² and
+// the fused pass then run parallel over units and over rows.
+template <Activation A, typename scalar_t>
+void forward_rows(ForwardProblem& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  row_norms_sq_rows<scalar_t, acc_t>(weight_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<acc_t>(),
-                                     begin, end, weight_c.size(1));
+  const int64_t in_features = p.weight.size(1);
+  const scalar_t* weight = p.weight.const_data_ptr<scalar_t>();
+  acc_t* norms = p.row_norms_sq.mutable_data_ptr<acc_t>();
+  // After the GEMM, which has just streamed W through the caches.
+  at::parallel_for(0, p.hidden, rows_per_task(in_features), [&](int64_t begin, int64_t end) {
+    row_norms_sq_rows<scalar_t, acc_t>(weight, norms, begin, end, in_features);
+  });
+  scalar_t* code = p.code.mutable_data_ptr<scalar_t>();
+  const acc_t* bias = p.bias_acc.const_data_ptr<acc_t>();
+  acc_t* group_penalties = p.group_penalties.mutable_data_ptr<acc_t>();
+  const int64_t groups = penalty_groups(p.hidden);
+  at::parallel_for(0, p.batch, rows_per_task(p.hidden), [&](int64_t begin, int64_t end) {
+    activate_tile<A, scalar_t, acc_t>(code, bias, norms, group_penalties, p.batch, p.hidden, begin, end, 0,
+                                      groups);
+  });
 }
 
-// Calls fn(kHasGradCode) with the compile-time flag for a defined grad_code.
-template <typename Fn>
-void dispatch_has_grad_code(bool has_grad_code, Fn&& fn) {
-  if (has_grad_code) {
-    fn(std::true_type{});
-  } else {
-    fn(std::false_type{});
+// Column slabs: each thread computes ‖W_j‖² of its rows of W, its columns of
+// x Wᵀ (a single-threaded GEMM call) and the fused pass on them.
+template <Activation A, typename scalar_t>
+void forward_slabs(ForwardProblem& p, int64_t slabs) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t in_features = p.weight.size(1);
+  const scalar_t* weight = p.weight.const_data_ptr<scalar_t>();
+  acc_t* norms = p.row_norms_sq.mutable_data_ptr<acc_t>();
+  scalar_t* code = p.code.mutable_data_ptr<scalar_t>();
+  const acc_t* bias = p.bias_acc.const_data_ptr<acc_t>();
+  acc_t* group_penalties = p.group_penalties.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, slabs, 1, [&](int64_t slab_begin, int64_t slab_end) {
+    for (int64_t slab = slab_begin; slab < slab_end; ++slab) {
+      const ColumnSlab cols = column_slab(slab, slabs, p.hidden);
+      const int64_t units = cols.end - cols.begin;
+      // Norms first: the GEMM then finds these rows of W in cache.
+      row_norms_sq_rows<scalar_t, acc_t>(weight, norms, cols.begin, cols.end, in_features);
+      at::Tensor code_cols = p.code.narrow(1, cols.begin, units);
+      const at::Tensor weight_rows = p.weight.narrow(0, cols.begin, units);
+      if (p.bias_in_gemm) {
+        at::cpu::addmm_out(code_cols, p.bias->narrow(0, cols.begin, units), p.x, weight_rows.t());
+      } else {
+        at::cpu::mm_out(code_cols, p.x, weight_rows.t());
+      }
+      activate_tile<A, scalar_t, acc_t>(code, bias, norms, group_penalties, p.batch, p.hidden, 0, p.batch,
+                                        cols.first_group, cols.last_group);
+    }
+  });
+}
+
+// Raw views of the backward's state for the fused pass of one tile.
+template <typename scalar_t>
+struct BackwardTile {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad_code;  // null without a code gradient
+  const acc_t* grad_penalty;  // null without a penalty gradient
+  int64_t grad_penalty_stride;
+  const scalar_t* code;
+  const acc_t* row_norms_sq;
+  scalar_t* grad_preact;
+  int64_t batch;
+  int64_t hidden;
+  int64_t chunk_rows;
+
+  explicit BackwardTile(const EncodeBackwardState& state)
+      : grad_code(state.grad_code.defined() ? state.grad_code.const_data_ptr<scalar_t>() : nullptr),
+        grad_penalty(state.grad_penalty.defined() ? state.grad_penalty.const_data_ptr<acc_t>() : nullptr),
+        grad_penalty_stride(state.grad_penalty.defined() ? state.grad_penalty.stride(0) : 0),
+        code(state.code.const_data_ptr<scalar_t>()),
+        row_norms_sq(state.row_norms_sq.const_data_ptr<acc_t>()),
+        grad_preact(state.grad_preact.mutable_data_ptr<scalar_t>()),
+        batch(state.batch),
+        hidden(state.hidden),
+        chunk_rows(state.chunk_rows) {}
+
+  // dz of chunk `chunk`'s rows × units [unit_begin, unit_end), adding the
+  // chunk's Σ dz and Σ g_p φ'² into grad_bias_sum / row_scale_sum[j − unit_begin].
+  template <Activation A, bool kHasGradCode>
+  void fused_pass(int64_t chunk, int64_t unit_begin, int64_t unit_end, acc_t* grad_bias_sum,
+                  acc_t* row_scale_sum) const {
+    grad_preactivation_tile<A, kHasGradCode, scalar_t, acc_t>(
+        grad_code, grad_penalty, grad_penalty_stride, code, row_norms_sq, grad_preact, grad_bias_sum,
+        row_scale_sum, hidden, chunk * chunk_rows, std::min(batch, (chunk + 1) * chunk_rows), unit_begin,
+        unit_end);
   }
+};
+
+// Rows path: the fused pass parallel over chunks of rows, each chunk's unit
+// sums in its own slot of state.partials, then added in order into unit_sums.
+template <Activation A, bool kHasGradCode, typename scalar_t>
+void backward_rows(EncodeBackwardState& state, at::Tensor& unit_sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const BackwardTile<scalar_t> tile(state);
+  const int64_t hidden = state.hidden;
+  acc_t* partials = state.partials.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      acc_t* chunk_sums = partials + chunk * 2 * hidden;
+      tile.template fused_pass<A, kHasGradCode>(chunk, 0, hidden, chunk_sums, chunk_sums + hidden);
+    }
+  });
+  at::parallel_for(0, 2 * hidden, rows_per_task(state.num_chunks), [&](int64_t begin, int64_t end) {
+    sum_rows_in_order<acc_t>(partials, unit_sums.mutable_data_ptr<acc_t>(), state.num_chunks, 2 * hidden,
+                             begin, end);
+  });
+}
+
+// Column slabs: each thread runs the fused pass on its units over the same
+// chunks of rows (summed in order into state.partials[0]), then writes its rows
+// of dW: diag(2 Σ_b g_p φ'²) W, then += dzᵀ x (a GEMM with beta = 1), while
+// they are still in its cache. grad_weight is undefined when dW is not asked for.
+template <Activation A, bool kHasGradCode, typename scalar_t>
+void backward_slabs(EncodeBackwardState& state, int64_t slabs, const at::Tensor& x,
+                    const at::Tensor& weight_c, at::Tensor& grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const BackwardTile<scalar_t> tile(state);
+  const int64_t hidden = state.hidden;
+  acc_t* grad_bias_sum = state.partials.mutable_data_ptr<acc_t>();
+  acc_t* row_scale_sum = grad_bias_sum + hidden;
+  const bool scale_weight = state.grad_penalty.defined();
+  at::parallel_for(0, slabs, 1, [&](int64_t slab_begin, int64_t slab_end) {
+    for (int64_t slab = slab_begin; slab < slab_end; ++slab) {
+      const ColumnSlab cols = column_slab(slab, slabs, hidden);
+      const int64_t units = cols.end - cols.begin;
+      std::vector<acc_t> chunk_sums(2 * units);
+      for (int64_t chunk = 0; chunk < state.num_chunks; ++chunk) {
+        std::fill(chunk_sums.begin(), chunk_sums.end(), acc_t(0));
+        tile.template fused_pass<A, kHasGradCode>(chunk, cols.begin, cols.end, chunk_sums.data(),
+                                                  chunk_sums.data() + units);
+        for (int64_t u = 0; u < units; ++u) {
+          grad_bias_sum[cols.begin + u] += chunk_sums[u];
+          row_scale_sum[cols.begin + u] += chunk_sums[units + u];
+        }
+      }
+      if (!grad_weight.defined()) {
+        continue;
+      }
+      at::Tensor grad_weight_rows = grad_weight.narrow(0, cols.begin, units);
+      const at::Tensor grad_preact_cols = state.grad_preact.narrow(1, cols.begin, units).t();
+      if (scale_weight) {
+        scale_rows<scalar_t, acc_t>(weight_c.const_data_ptr<scalar_t>(), row_scale_sum,
+                                    grad_weight.mutable_data_ptr<scalar_t>(), cols.begin, cols.end,
+                                    weight_c.size(1));
+        at::cpu::addmm_(grad_weight_rows, grad_preact_cols, x);
+      } else {
+        at::cpu::mm_out(grad_weight_rows, grad_preact_cols, x);
+      }
+    }
+  });
 }
 
 }  // namespace
 
 EncodeForwardResult encode_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                       const c10::optional<at::Tensor>& bias,
-                                       c10::string_view activation_name) {
-  check_forward_inputs(x, weight, bias);
+                                       const c10::optional<at::Tensor>& bias, c10::string_view activation_name) {
+  check_encode_inputs(x, weight, bias);
   const Activation activation = parse_activation(activation_name);
   const int64_t batch = x.size(0);
   const int64_t hidden = weight.size(0);
-  const int64_t groups = penalty_groups(hidden);
   const int64_t slabs = column_slab_count(batch, hidden);
-  const at::Tensor weight_c = weight.contiguous();
   const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
-
-  // In float32/float64 the fused pass adds b to x Wᵀ. In half precision the
-  // GEMM adds it while it still accumulates in float32: rounding x Wᵀ to
-  // bfloat16 first would move pre-activations near 0 across it.
+  // In float32/float64 the fused pass adds b to x Wᵀ: addmm would first
+  // broadcast-copy it into the output, an extra pass over B×H. In half
+  // precision the GEMM adds it while it still accumulates in float32: rounding
+  // x Wᵀ to bfloat16 first would move pre-activations near 0 across it.
   const bool bias_in_pass = bias.has_value() && !at::isReducedFloatingType(x.scalar_type());
   const bool bias_in_gemm = bias.has_value() && !bias_in_pass;
-  at::Tensor row_norms_sq = at::empty({hidden}, acc_options);
-  at::Tensor penalty = at::empty({batch}, acc_options);
-  at::Tensor group_penalties = at::empty({groups, batch}, acc_options);
-  const at::Tensor bias_acc = bias_in_pass ? bias->to(acc_options.dtype()).contiguous()
-                                           : at::zeros({hidden}, acc_options);
   at::Tensor code;
   if (slabs == 0) {
     code = bias_in_gemm ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
   } else {
     code = at::empty({batch, hidden}, x.options());
   }
-
+  ForwardProblem problem{x,
+                         weight.contiguous(),
+                         bias,
+                         bias_in_gemm,
+                         bias_in_pass ? bias->to(acc_options.dtype()).contiguous() : at::zeros({hidden}, acc_options),
+                         code,
+                         at::empty({hidden}, acc_options),
+                         at::empty({penalty_groups(hidden), batch}, acc_options),
+                         batch,
+                         hidden};
+  at::Tensor penalty = at::empty({batch}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    scalar_t* code_data = code.mutable_data_ptr<scalar_t>();
-    const acc_t* norms = row_norms_sq.const_data_ptr<acc_t>();
-    const acc_t* bias_data = bias_acc.const_data_ptr<acc_t>();
-    acc_t* group_penalty_data = group_penalties.mutable_data_ptr<acc_t>();
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
       if (slabs == 0) {
-        // After the GEMM, which has just streamed W through the caches.
-        at::parallel_for(0, hidden, rows_per_task(weight_c.size(1)), [&](int64_t begin, int64_t end) {
-          row_norms_sq_cpu<scalar_t>(weight_c, row_norms_sq, begin, end);
-        });
-        at::parallel_for(0, batch, rows_per_task(hidden), [&](int64_t begin, int64_t end) {
-          activate_tile<A, scalar_t, acc_t>(code_data, bias_data, norms, group_penalty_data, batch,
-                                            hidden, begin, end, 0, groups);
-        });
-        return;
+        forward_rows<A, scalar_t>(problem);
+      } else {
+        forward_slabs<A, scalar_t>(problem, slabs);
       }
-      at::parallel_for(0, slabs, 1, [&](int64_t slab_begin, int64_t slab_end) {
-        for (int64_t slab = slab_begin; slab < slab_end; ++slab) {
-          const ColumnSlab cols = column_slab(slab, slabs, hidden);
-          // Norms first: the GEMM then finds these rows of W in cache.
-          row_norms_sq_cpu<scalar_t>(weight_c, row_norms_sq, cols.begin, cols.end);
-          at::Tensor code_cols = code.narrow(1, cols.begin, cols.end - cols.begin);
-          const at::Tensor weight_rows = weight.narrow(0, cols.begin, cols.end - cols.begin);
-          if (bias_in_gemm) {
-            at::cpu::addmm_out(code_cols, bias->narrow(0, cols.begin, cols.end - cols.begin), x,
-                               weight_rows.t());
-          } else {
-            at::cpu::mm_out(code_cols, x, weight_rows.t());
-          }
-          activate_tile<A, scalar_t, acc_t>(code_data, bias_data, norms, group_penalty_data, batch,
-                                            hidden, 0, batch, cols.first_group, cols.last_group);
-        }
-      });
     });
-    const acc_t* group_penalty_sums = group_penalties.const_data_ptr<acc_t>();
+    const int64_t groups = penalty_groups(hidden);
+    const acc_t* group_penalties = problem.group_penalties.const_data_ptr<acc_t>();
     acc_t* penalty_data = penalty.mutable_data_ptr<acc_t>();
     at::parallel_for(0, batch, rows_per_task(groups), [&](int64_t begin, int64_t end) {
-      sum_rows_in_order<acc_t>(group_penalty_sums, penalty_data, groups, batch, begin, end);
+      sum_rows_in_order<acc_t>(group_penalties, penalty_data, groups, batch, begin, end);
     });
   });
-  return {code, penalty, row_norms_sq};
+  return {problem.code, penalty, problem.row_norms_sq};
 }
 
 EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_code,
-                                         const c10::optional<at::Tensor>& grad_penalty,
-                                         const at::Tensor& x, const at::Tensor& weight,
-                                         const at::Tensor& code, const at::Tensor& row_norms_sq,
-                                         c10::string_view activation_name,
+                                         const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& x,
+                                         const at::Tensor& weight, const at::Tensor& code,
+                                         const at::Tensor& row_norms_sq, c10::string_view activation_name,
                                          std::array<bool, 3> output_mask) {
   const int64_t slabs = column_slab_count(x.size(0), weight.size(0));
   // Per-unit sums go over the batch in fixed chunks of rows (whose size
   // depends only on B), and the chunks are added in order, in both paths:
   // the sums are the same bitwise whatever the thread count.
-  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code,
-                                                      row_norms_sq, /*partial_per_chunk=*/slabs == 0);
+  EncodeBackwardState state = prepare_encode_backward(grad_code, grad_penalty, x, weight, code, row_norms_sq,
+                                                      /*partial_per_chunk=*/slabs == 0);
   const Activation activation = parse_activation(activation_name);
-  const int64_t hidden = state.hidden;
-  const int64_t batch = state.batch;
-  const int64_t chunk_rows = state.chunk_rows;
-  const bool need_grad_weight = output_mask[1];
-  const bool scale_weight = need_grad_weight && state.grad_penalty.defined();
-  const at::Tensor weight_c = slabs == 0 ? weight : weight.contiguous();
-  at::Tensor unit_sums;  // (2, H): Σ_b dz, Σ_b g_p φ'²
-  at::Tensor grad_weight;
-  if (slabs == 0) {
-    unit_sums = at::empty({2, hidden}, state.partials.options());
-  } else {
-    unit_sums = state.partials[0];
-    if (need_grad_weight) {
-      grad_weight = at::empty(weight.sizes(), weight.options());
-    }
+  // (2, H): Σ_b dz, Σ_b g_p φ'². The slabs sum straight into partials[0].
+  at::Tensor unit_sums = slabs == 0 ? at::empty({2, state.hidden}, state.partials.options()) : state.partials[0];
+  at::Tensor grad_weight;  // written by the slabs; by finish_encode_backward on the rows path
+  if (slabs != 0 && output_mask[1]) {
+    grad_weight = at::empty(weight.sizes(), weight.options());
   }
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* code_data = state.code.const_data_ptr<scalar_t>();
-    const scalar_t* grad_code_data = state.grad_code.defined() ? state.grad_code.const_data_ptr<scalar_t>() : nullptr;
-    const acc_t* grad_penalty_data =
-        state.grad_penalty.defined() ? state.grad_penalty.const_data_ptr<acc_t>() : nullptr;
-    const int64_t grad_penalty_stride = state.grad_penalty.defined() ? state.grad_penalty.stride(0) : 0;
-    const acc_t* norms = state.row_norms_sq.const_data_ptr<acc_t>();
-    scalar_t* grad_preact_data = state.grad_preact.mutable_data_ptr<scalar_t>();
-    acc_t* partial_data = state.partials.mutable_data_ptr<acc_t>();
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      dispatch_has_grad_code(grad_code_data != nullptr, [&](auto has_grad_code_tag) {
-        constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
-        auto fused_pass = [&](acc_t* grad_bias_sum, acc_t* row_scale_sum, int64_t chunk,
-                              int64_t unit_begin, int64_t unit_end) {
-          grad_preactivation_tile<A, kHasGradCode, scalar_t, acc_t>(
-              grad_code_data, grad_penalty_data, grad_penalty_stride, code_data, norms,
-              grad_preact_data, grad_bias_sum, row_scale_sum, hidden, chunk * chunk_rows,
-              std::min(batch, (chunk + 1) * chunk_rows), unit_begin, unit_end);
-        };
+      dispatch_bool(state.grad_code.defined(), [&](auto has_grad_code) {
+        constexpr bool kHasGradCode = decltype(has_grad_code)::value;
         if (slabs == 0) {
-          at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-            for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-              acc_t* chunk_sums = partial_data + chunk * 2 * hidden;
-              fused_pass(chunk_sums, chunk_sums + hidden, chunk, 0, hidden);
-            }
-          });
-          at::parallel_for(0, 2 * hidden, rows_per_task(state.num_chunks), [&](int64_t begin, int64_t end) {
-            sum_rows_in_order<acc_t>(partial_data, unit_sums.mutable_data_ptr<acc_t>(), state.num_chunks,
-                                     2 * hidden, begin, end);
-          });
-          return;
+          backward_rows<A, kHasGradCode, scalar_t>(state, unit_sums);
+        } else {
+          backward_slabs<A, kHasGradCode, scalar_t>(state, slabs, x, weight.contiguous(), grad_weight);
         }
-        at::parallel_for(0, slabs, 1, [&](int64_t slab_begin, int64_t slab_end) {
-          for (int64_t slab = slab_begin; slab < slab_end; ++slab) {
-            const ColumnSlab cols = column_slab(slab, slabs, hidden);
-            const int64_t units = cols.end - cols.begin;
-            acc_t* grad_bias_sum = partial_data;
-            acc_t* row_scale_sum = partial_data + hidden;
-            std::vector<acc_t> chunk_sums(2 * units);
-            for (int64_t chunk = 0; chunk < state.num_chunks; ++chunk) {
-              std::fill(chunk_sums.begin(), chunk_sums.end(), acc_t(0));
-              fused_pass(chunk_sums.data(), chunk_sums.data() + units, chunk, cols.begin, cols.end);
-              for (int64_t u = 0; u < units; ++u) {
-                grad_bias_sum[cols.begin + u] += chunk_sums[u];
-                row_scale_sum[cols.begin + u] += chunk_sums[units + u];
-              }
-            }
-            if (!need_grad_weight) {
-              continue;
-            }
-            // This slab's rows of dW: diag(2 Σ_b g_p φ'²) W, then += dzᵀ x
-            // (the GEMM with beta = 1), while they are still in cache.
-            at::Tensor grad_weight_rows = grad_weight.narrow(0, cols.begin, units);
-            const at::Tensor grad_preact_cols = state.grad_preact.narrow(1, cols.begin, units).t();
-            if (scale_weight) {
-              scale_rows<scalar_t, acc_t>(weight_c.const_data_ptr<scalar_t>(), row_scale_sum,
-                                          grad_weight.mutable_data_ptr<scalar_t>(), cols.begin,
-                                          cols.end, weight_c.size(1));
-              at::cpu::addmm_(grad_weight_rows, grad_preact_cols, x);
-            } else {
-              at::cpu::mm_out(grad_weight_rows, grad_preact_cols, x);
-            }
-          }
-        });
       });
     });
   });
   if (slabs == 0) {
-    return finish_backward(state, unit_sums, x, weight, output_mask);
+    return finish_encode_backward(state, unit_sums, x, weight, output_mask);
   }
-  // The slabs have written dW; dx and db are finished as in the rows path.
   auto [grad_x, unused_grad_weight, grad_bias] =
-      finish_backward(state, unit_sums, x, weight, {output_mask[0], false, output_mask[2]});
+      finish_encode_backward(state, unit_sums, x, weight, {output_mask[0], false, output_mask[2]});
   return {grad_x, grad_weight, grad_bias};
-}
-
-TORCH_LIBRARY_IMPL(fastcae, CPU, m) {
-  m.impl("encode_forward", &encode_forward_cpu);
-  m.impl("encode_backward", &encode_backward_cpu);
 }
 
 }  // namespace fastcae

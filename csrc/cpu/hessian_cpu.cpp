@@ -13,14 +13,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu_kernels.h"
 #include "fastcae/cae_math.h"
-#include "fastcae/encode.h"
+#include "fastcae/dispatch.h"
+#include "fastcae/hessian.h"
 
 namespace fastcae {
 namespace {
@@ -32,8 +32,8 @@ FASTCAE_CPU_CLONES void slope_row(const scalar_t* preact, scalar_t* slope, scala
 #pragma omp simd
   for (int64_t j = 0; j < cols; ++j) {
     const CodeAndSlope<scalar_t> value = ActivationMath<A>::forward(preact[j]);
-    slope[j] = value.dphi;
-    if (curvature != nullptr) curvature[j] = ActivationMath<A>::d2phi(value.code, value.dphi);
+    slope[j] = value.slope;
+    if (curvature != nullptr) curvature[j] = ActivationMath<A>::curvature_from_code(value.code, value.slope);
   }
 }
 
@@ -44,7 +44,7 @@ FASTCAE_CPU_CLONES scalar_t gap_row(const scalar_t* slope, const scalar_t* noisy
   scalar_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < cols; ++j) {
-    const scalar_t gap = slope[j] - ActivationMath<A>::forward(noisy_preact[j]).dphi;
+    const scalar_t gap = slope[j] - ActivationMath<A>::forward(noisy_preact[j]).slope;
     sum += gap * gap * row_norms_sq[j];
   }
   return sum;
@@ -59,9 +59,9 @@ FASTCAE_CPU_CLONES void gap_grad_row(const scalar_t* slope, const scalar_t* nois
 #pragma omp simd
   for (int64_t j = 0; j < cols; ++j) {
     const CodeAndSlope<scalar_t> value = ActivationMath<A>::forward(noisy_preact[j]);
-    const scalar_t gap = slope[j] - value.dphi;
+    const scalar_t gap = slope[j] - value.slope;
     if (grad_noisy != nullptr) {
-      grad_noisy[j] = -scale * row_norms_sq[j] * ActivationMath<A>::d2phi(value.code, value.dphi) * gap;
+      grad_noisy[j] = -scale * row_norms_sq[j] * ActivationMath<A>::curvature_from_code(value.code, value.slope) * gap;
     }
     gap_sum[j] += gap;
     unit_sum[j] += grad_b * gap * gap;
@@ -108,27 +108,27 @@ HessianBackwardResult hessian_backward_cpu(const at::Tensor& grad_penalty, const
                                            std::array<bool, 3> output_mask) {
   const HessianProblem problem = prepare_hessian(preact, noisy_preact, row_norms_sq);
   const Activation activation = parse_activation(activation_name);
-  HessianGrads grads = prepare_hessian_grads(problem, grad_penalty, output_mask);
+  HessianBackwardState state = prepare_hessian_backward(problem, grad_penalty, output_mask);
   // Plain copies, not a structured binding: C++17 lambdas cannot capture those.
   const int64_t copies = problem.copies;
   const int64_t batch = problem.batch;
   const int64_t hidden = problem.hidden;
-  const int64_t chunk_rows = grads.chunk_rows;
+  const int64_t chunk_rows = state.chunk_rows;
 
   AT_DISPATCH_FLOATING_TYPES(problem.preact.scalar_type(), "hessian_backward_cpu", [&] {
     const scalar_t* z = problem.preact.const_data_ptr<scalar_t>();
     const scalar_t* z_noisy = problem.noisy_preact.const_data_ptr<scalar_t>();
     const scalar_t* rn = problem.row_norms_sq.const_data_ptr<scalar_t>();
-    const scalar_t* g = grads.grad_penalty.const_data_ptr<scalar_t>();
-    const int64_t g_stride = grads.grad_penalty.stride(0);
-    scalar_t* grad_z = grads.grad_preact.defined() ? grads.grad_preact.mutable_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* g = state.grad_penalty.const_data_ptr<scalar_t>();
+    const int64_t g_stride = state.grad_penalty.stride(0);
+    scalar_t* grad_z = state.grad_preact.defined() ? state.grad_preact.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* grad_z_noisy =
-        grads.grad_noisy_preact.defined() ? grads.grad_noisy_preact.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* partial_data = grads.partials.mutable_data_ptr<scalar_t>();
+        state.grad_noisy_preact.defined() ? state.grad_noisy_preact.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* partial_data = state.partials.mutable_data_ptr<scalar_t>();
     const scalar_t inv_copies = copies > 0 ? scalar_t(1) / static_cast<scalar_t>(copies) : scalar_t(0);
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      at::parallel_for(0, grads.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
         std::vector<scalar_t> slope(hidden), curvature(hidden), gap_sum(hidden);
         for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
           scalar_t* unit_sum = partial_data + chunk * hidden;
@@ -153,12 +153,7 @@ HessianBackwardResult hessian_backward_cpu(const at::Tensor& grad_penalty, const
       });
     });
   });
-  return finish_hessian_backward(problem, grads, output_mask[2]);
-}
-
-TORCH_LIBRARY_IMPL(fastcae, CPU, m) {
-  m.impl("hessian_forward", &hessian_forward_cpu);
-  m.impl("hessian_backward", &hessian_backward_cpu);
+  return finish_hessian_backward(problem, state, output_mask[2]);
 }
 
 }  // namespace fastcae

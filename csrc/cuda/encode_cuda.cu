@@ -12,10 +12,7 @@
 //                                 writes dz (the one B×H temporary) and the
 //                                 chunk's Σ_b dz and Σ_b g_p φ'² per unit;
 //           the chunk sums are added in order, then dx = dz W and
-//           dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x (finish_backward, shared with the CPU).
-//
-// CAE+H: hessian_forward_kernel (one warp per row) and hessian_backward_kernel
-// (one thread per unit and chunk of rows), the CUDA twins of csrc/cpu/hessian_cpu.cpp.
+//           dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x (finish_encode_backward, shared with the CPU).
 //
 // Indexing is int64 throughout; launches are on PyTorch's current stream and
 // checked. The per-element math is cae_math.h, shared with the CPU kernels.
@@ -25,28 +22,20 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
-#include <torch/library.h>
 
+#include "cuda_kernels.cuh"
 #include "fastcae/cae_math.h"
+#include "fastcae/dispatch.h"
 #include "fastcae/encode.h"
 
 namespace fastcae {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kWarpsPerBlock = 4;
-constexpr int kUnitsPerBlock = 256;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-// Sum over the 32 lanes of a warp in a fixed butterfly order (deterministic).
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t value) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    value += __shfl_xor_sync(kFullMask, value, offset);
-  }
-  return value;
-}
+using cuda::blocks_for;
+using cuda::kUnitsPerBlock;
+using cuda::kWarpSize;
+using cuda::kWarpsPerBlock;
+using cuda::warp_sum;
 
 // norms[j] = ‖W_j‖² for a contiguous (rows, cols) W: one warp per row.
 template <typename scalar_t, typename acc_t>
@@ -77,7 +66,7 @@ __global__ void activate_kernel(scalar_t* __restrict__ code, const acc_t* __rest
   for (int64_t j = lane; j < hidden; j += kWarpSize) {
     const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
     code_row[j] = static_cast<scalar_t>(value.code);
-    sum += penalty_term(value.dphi, row_norms_sq[j]);
+    sum += penalty_term(value.slope, row_norms_sq[j]);
   }
   sum = warp_sum(sum);
   if (lane == 0) penalty[row] = sum;
@@ -103,84 +92,17 @@ __global__ void grad_preact_kernel(const scalar_t* __restrict__ grad_code,
   for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
     const int64_t index = row * hidden + unit;
     const acc_t h = static_cast<acc_t>(code[index]);
-    const acc_t dphi = ActivationMath<A>::dphi(h);
+    const acc_t slope = ActivationMath<A>::slope_from_code(h);
     const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[index]) : acc_t(0);
     const acc_t grad_penalty_b = grad_penalty ? grad_penalty[row * grad_penalty_stride] : acc_t(0);
-    const acc_t value = grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, dphi, norm);
+    const acc_t value = grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, slope, norm);
     grad_preact[index] = static_cast<scalar_t>(value);
     grad_bias_sum += value;
-    row_scale_sum += grad_penalty_b * dphi * dphi;
+    row_scale_sum += grad_penalty_b * slope * slope;
   }
   partials[(chunk * 2) * hidden + unit] = grad_bias_sum;
   partials[(chunk * 2 + 1) * hidden + unit] = row_scale_sum;
 }
-
-// CAE+H forward: one warp per row b; each lane takes φ'(z_bj) once and
-// compares it with its n corrupted copies; warp_sum finishes the row.
-template <Activation A, typename scalar_t>
-__global__ void hessian_forward_kernel(const scalar_t* __restrict__ preact,
-                                       const scalar_t* __restrict__ noisy_preact,
-                                       const scalar_t* __restrict__ row_norms_sq,
-                                       scalar_t* __restrict__ penalty, int64_t copies, int64_t batch,
-                                       int64_t hidden) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (row >= batch) return;
-  scalar_t sum = 0;
-  for (int64_t j = lane; j < hidden; j += kWarpSize) {
-    const scalar_t slope = ActivationMath<A>::forward(preact[row * hidden + j]).dphi;
-    scalar_t row_sum = 0;
-    for (int64_t s = 0; s < copies; ++s) {
-      const scalar_t gap = slope - ActivationMath<A>::forward(noisy_preact[(s * batch + row) * hidden + j]).dphi;
-      row_sum += gap * gap;
-    }
-    sum += row_sum * row_norms_sq[j];
-  }
-  sum = warp_sum(sum);
-  if (lane == 0) penalty[row] = copies > 0 ? sum / static_cast<scalar_t>(copies) : scalar_t(0);
-}
-
-// CAE+H backward: one thread per hidden unit and chunk of rows (coalesced along
-// H). Writes dz and dz̃ and the chunk's Σ_b g_b Σ_s Δ² per unit.
-template <Activation A, typename scalar_t>
-__global__ void hessian_backward_kernel(const scalar_t* __restrict__ grad_penalty, int64_t grad_stride,
-                                        const scalar_t* __restrict__ preact,
-                                        const scalar_t* __restrict__ noisy_preact,
-                                        const scalar_t* __restrict__ row_norms_sq,
-                                        scalar_t* __restrict__ grad_preact,
-                                        scalar_t* __restrict__ grad_noisy_preact,
-                                        scalar_t* __restrict__ partials, int64_t copies, int64_t batch,
-                                        int64_t hidden, int64_t chunk_rows) {
-  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kUnitsPerBlock + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
-  if (unit >= hidden) return;
-  const scalar_t norm = row_norms_sq[unit];
-  const scalar_t inv_copies = copies > 0 ? scalar_t(1) / static_cast<scalar_t>(copies) : scalar_t(0);
-  const int64_t row_end = min(batch, (chunk + 1) * chunk_rows);
-  scalar_t unit_sum = 0;
-  for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
-    const scalar_t grad_b = grad_penalty[row * grad_stride];
-    const scalar_t scale = 2 * grad_b * inv_copies * norm;
-    const CodeAndSlope<scalar_t> clean = ActivationMath<A>::forward(preact[row * hidden + unit]);
-    scalar_t gap_sum = 0;
-    for (int64_t s = 0; s < copies; ++s) {
-      const int64_t index = (s * batch + row) * hidden + unit;
-      const CodeAndSlope<scalar_t> noisy = ActivationMath<A>::forward(noisy_preact[index]);
-      const scalar_t gap = clean.dphi - noisy.dphi;
-      if (grad_noisy_preact != nullptr) {
-        grad_noisy_preact[index] = -scale * ActivationMath<A>::d2phi(noisy.code, noisy.dphi) * gap;
-      }
-      gap_sum += gap;
-      unit_sum += grad_b * gap * gap;
-    }
-    if (grad_preact != nullptr) {
-      grad_preact[row * hidden + unit] = scale * ActivationMath<A>::d2phi(clean.code, clean.dphi) * gap_sum;
-    }
-  }
-  partials[chunk * hidden + unit] = unit_sum;
-}
-
-int64_t blocks_for(int64_t items, int64_t per_block) { return (items + per_block - 1) / per_block; }
 
 at::Tensor row_norms_sq_cuda(const at::Tensor& weight) {
   const at::Tensor weight_c = weight.contiguous();
@@ -203,7 +125,7 @@ at::Tensor row_norms_sq_cuda(const at::Tensor& weight) {
 EncodeForwardResult encode_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
                                         const c10::optional<at::Tensor>& bias,
                                         c10::string_view activation_name) {
-  check_forward_inputs(x, weight, bias);
+  check_encode_inputs(x, weight, bias);
   const Activation activation = parse_activation(activation_name);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t batch = x.size(0);
@@ -250,7 +172,7 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
       const int64_t grad_penalty_stride = has_grad_penalty ? state.grad_penalty.stride(0) : 0;
       dispatch_activation(activation, [&](auto act) {
         constexpr Activation A = decltype(act)::value;
-        auto launch = [&](auto has_grad_code_tag) {
+        dispatch_bool(has_grad_code, [&](auto has_grad_code_tag) {
           constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
           grad_preact_kernel<A, kHasGradCode, scalar_t, acc_t>
               <<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -259,72 +181,11 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
                   state.row_norms_sq.const_data_ptr<acc_t>(), state.grad_preact.mutable_data_ptr<scalar_t>(),
                   state.partials.mutable_data_ptr<acc_t>(), state.batch, state.hidden, state.chunk_rows);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-        };
-        if (has_grad_code) {
-          launch(std::true_type{});
-        } else {
-          launch(std::false_type{});
-        }
+        });
       });
     });
   }
-  return finish_backward(state, state.partials.sum(0), x, weight, output_mask);
-}
-
-at::Tensor hessian_forward_cuda(const at::Tensor& preact, const at::Tensor& noisy_preact,
-                                const at::Tensor& row_norms_sq, c10::string_view activation_name) {
-  const HessianProblem problem = prepare_hessian(preact, noisy_preact, row_norms_sq);
-  const Activation activation = parse_activation(activation_name);
-  const c10::cuda::CUDAGuard device_guard(preact.device());
-  at::Tensor penalty = at::zeros({problem.batch}, problem.preact.options());
-  if (problem.batch == 0 || problem.hidden == 0) return penalty;
-  AT_DISPATCH_FLOATING_TYPES(problem.preact.scalar_type(), "hessian_forward_cuda", [&] {
-    dispatch_activation(activation, [&](auto act) {
-      constexpr Activation A = decltype(act)::value;
-      hessian_forward_kernel<A, scalar_t><<<blocks_for(problem.batch, kWarpsPerBlock), kWarpsPerBlock * kWarpSize,
-                                            0, at::cuda::getCurrentCUDAStream()>>>(
-          problem.preact.const_data_ptr<scalar_t>(), problem.noisy_preact.const_data_ptr<scalar_t>(),
-          problem.row_norms_sq.const_data_ptr<scalar_t>(), penalty.mutable_data_ptr<scalar_t>(), problem.copies,
-          problem.batch, problem.hidden);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return penalty;
-}
-
-HessianBackwardResult hessian_backward_cuda(const at::Tensor& grad_penalty, const at::Tensor& preact,
-                                            const at::Tensor& noisy_preact, const at::Tensor& row_norms_sq,
-                                            c10::string_view activation_name,
-                                            std::array<bool, 3> output_mask) {
-  const HessianProblem problem = prepare_hessian(preact, noisy_preact, row_norms_sq);
-  const Activation activation = parse_activation(activation_name);
-  const c10::cuda::CUDAGuard device_guard(preact.device());
-  HessianGrads grads = prepare_hessian_grads(problem, grad_penalty, output_mask);
-  if (problem.batch > 0 && problem.hidden > 0) {
-    AT_DISPATCH_FLOATING_TYPES(problem.preact.scalar_type(), "hessian_backward_cuda", [&] {
-      const dim3 grid(blocks_for(problem.hidden, kUnitsPerBlock), grads.num_chunks);
-      dispatch_activation(activation, [&](auto act) {
-        constexpr Activation A = decltype(act)::value;
-        hessian_backward_kernel<A, scalar_t><<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grads.grad_penalty.const_data_ptr<scalar_t>(), grads.grad_penalty.stride(0),
-            problem.preact.const_data_ptr<scalar_t>(), problem.noisy_preact.const_data_ptr<scalar_t>(),
-            problem.row_norms_sq.const_data_ptr<scalar_t>(),
-            grads.grad_preact.defined() ? grads.grad_preact.mutable_data_ptr<scalar_t>() : nullptr,
-            grads.grad_noisy_preact.defined() ? grads.grad_noisy_preact.mutable_data_ptr<scalar_t>() : nullptr,
-            grads.partials.mutable_data_ptr<scalar_t>(), problem.copies, problem.batch, problem.hidden,
-            grads.chunk_rows);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
-  }
-  return finish_hessian_backward(problem, grads, output_mask[2]);
-}
-
-TORCH_LIBRARY_IMPL(fastcae, CUDA, m) {
-  m.impl("encode_forward", &encode_forward_cuda);
-  m.impl("encode_backward", &encode_backward_cuda);
-  m.impl("hessian_forward", &hessian_forward_cuda);
-  m.impl("hessian_backward", &hessian_backward_cuda);
+  return finish_encode_backward(state, state.partials.sum(0), x, weight, output_mask);
 }
 
 }  // namespace fastcae

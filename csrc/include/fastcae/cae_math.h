@@ -30,8 +30,19 @@
 
 namespace fastcae {
 
-// The order matches fastcae/activations.py (ACTIVATION_IDS) and kernels/.
-enum class Activation : int { sigmoid = 0, tanh = 1, softplus = 2, relu = 3, identity = 4 };
+// Every activation as X(name, id). The ids are those of fastcae/activations.py
+// (the source of truth, which the Triton kernels read too);
+// tests/test_activations.py checks that this list agrees with it.
+#define FASTCAE_ACTIVATIONS(X) \
+  X(sigmoid, 0)                \
+  X(tanh, 1)                   \
+  X(softplus, 2)               \
+  X(relu, 3)                   \
+  X(identity, 4)
+
+#define FASTCAE_ACTIVATION_ENUMERATOR(name, id) name = id,
+enum class Activation : int { FASTCAE_ACTIVATIONS(FASTCAE_ACTIVATION_ENUMERATOR) };
+#undef FASTCAE_ACTIVATION_ENUMERATOR
 
 namespace math {
 
@@ -140,17 +151,18 @@ FASTCAE_INLINE double abs(double v) { return ::fabs(v); }
 
 }  // namespace math
 
-// h = φ(z) and φ'(z), computed together from z. The forward pass takes φ'
-// from z because it is accurate there: from a rounded h, 1 - h loses all
-// relative precision once a unit saturates.
+// h = φ(z) and its slope φ'(z), computed together from z. The forward pass
+// takes φ' from z because it is accurate there: from a rounded h, 1 - h loses
+// all relative precision once a unit saturates.
 template <typename T>
 struct CodeAndSlope {
   T code;
-  T dphi;
+  T slope;
 };
 
-// Per activation: forward(z) -> (h, φ'(z)); dphi(h) = φ'(z) and
-// d2phi(h, φ') = φ''(z) written from h, which is what the backward pass saves.
+// Per activation: forward(z) -> (h, φ'(z)); slope_from_code(h) = φ'(z) and
+// curvature_from_code(h, φ') = φ''(z) written from h, which is what the backward
+// pass saves. The same names as kernels/activations.py and fastcae/activations.py.
 // T is float or double: half and bfloat16 kernels compute in float.
 template <Activation A>
 struct ActivationMath;
@@ -167,9 +179,9 @@ struct ActivationMath<Activation::sigmoid> {
     return {z >= T(0) ? inv : e_inv, e_inv * inv};
   }
   template <typename T>
-  FASTCAE_INLINE static T dphi(T h) { return h * (T(1) - h); }
+  FASTCAE_INLINE static T slope_from_code(T h) { return h * (T(1) - h); }
   template <typename T>
-  FASTCAE_INLINE static T d2phi(T h, T dphi) { return dphi * (T(1) - T(2) * h); }
+  FASTCAE_INLINE static T curvature_from_code(T h, T slope) { return slope * (T(1) - T(2) * h); }
 };
 
 template <>
@@ -186,9 +198,9 @@ struct ActivationMath<Activation::tanh> {
   }
   // (1-h)(1+h) keeps relative accuracy as |h| -> 1, unlike 1 - h².
   template <typename T>
-  FASTCAE_INLINE static T dphi(T h) { return (T(1) - h) * (T(1) + h); }
+  FASTCAE_INLINE static T slope_from_code(T h) { return (T(1) - h) * (T(1) + h); }
   template <typename T>
-  FASTCAE_INLINE static T d2phi(T h, T dphi) { return T(-2) * h * dphi; }
+  FASTCAE_INLINE static T curvature_from_code(T h, T slope) { return T(-2) * h * slope; }
 };
 
 template <>
@@ -204,9 +216,9 @@ struct ActivationMath<Activation::softplus> {
   }
   // φ'(z) = σ(z) = 1 - e^{-h}, since h = log(1 + e^z).
   template <typename T>
-  FASTCAE_INLINE static T dphi(T h) { return -math::expm1_nonpositive(-h); }
+  FASTCAE_INLINE static T slope_from_code(T h) { return -math::expm1_nonpositive(-h); }
   template <typename T>
-  FASTCAE_INLINE static T d2phi(T /*h*/, T dphi) { return dphi * (T(1) - dphi); }
+  FASTCAE_INLINE static T curvature_from_code(T /*h*/, T slope) { return slope * (T(1) - slope); }
 };
 
 template <>
@@ -214,36 +226,36 @@ struct ActivationMath<Activation::relu> {
   template <typename T>
   FASTCAE_INLINE static CodeAndSlope<T> forward(T z) {
     const T code = z < T(0) ? T(0) : z;  // NaN stays NaN
-    return {code, dphi(code)};
+    return {code, slope_from_code(code)};
   }
   // 1[h > 0]; a NaN code gives a NaN slope so NaN inputs reach the penalty.
   template <typename T>
-  FASTCAE_INLINE static T dphi(T h) { return h > T(0) ? T(1) : (h == h ? T(0) : h); }
+  FASTCAE_INLINE static T slope_from_code(T h) { return h > T(0) ? T(1) : (h == h ? T(0) : h); }
   template <typename T>
-  FASTCAE_INLINE static T d2phi(T /*h*/, T /*dphi*/) { return T(0); }
+  FASTCAE_INLINE static T curvature_from_code(T /*h*/, T /*slope*/) { return T(0); }
 };
 
 template <>
 struct ActivationMath<Activation::identity> {
   template <typename T>
-  FASTCAE_INLINE static CodeAndSlope<T> forward(T z) { return {z, dphi(z)}; }
+  FASTCAE_INLINE static CodeAndSlope<T> forward(T z) { return {z, slope_from_code(z)}; }
   template <typename T>
-  FASTCAE_INLINE static T dphi(T h) { return h == h ? T(1) : h; }
+  FASTCAE_INLINE static T slope_from_code(T h) { return h == h ? T(1) : h; }
   template <typename T>
-  FASTCAE_INLINE static T d2phi(T /*h*/, T /*dphi*/) { return T(0); }
+  FASTCAE_INLINE static T curvature_from_code(T /*h*/, T /*slope*/) { return T(0); }
 };
 
 // One element of the penalty: φ'² ‖W_j‖².
 template <typename T>
-FASTCAE_INLINE T penalty_term(T dphi, T row_norm_sq) {
-  return dphi * dphi * row_norm_sq;
+FASTCAE_INLINE T penalty_term(T slope, T row_norm_sq) {
+  return slope * slope * row_norm_sq;
 }
 
 // dz = g_h φ' + 2 g_p φ' φ'' ‖W_j‖².
 template <Activation A, typename T>
-FASTCAE_INLINE T grad_preactivation(T grad_code, T grad_penalty, T h, T dphi, T row_norm_sq) {
-  const T d2phi = ActivationMath<A>::d2phi(h, dphi);
-  return grad_code * dphi + T(2) * grad_penalty * dphi * d2phi * row_norm_sq;
+FASTCAE_INLINE T grad_preactivation(T grad_code, T grad_penalty, T h, T slope, T row_norm_sq) {
+  const T curvature = ActivationMath<A>::curvature_from_code(h, slope);
+  return grad_code * slope + T(2) * grad_penalty * slope * curvature * row_norm_sq;
 }
 
 }  // namespace fastcae

@@ -1,0 +1,61 @@
+"""What every fused op (fastcae/ops/encode.py, hessian.py) shares: its pair of
+kernels, and which path a call takes.
+
+A call with no autograd watching launches the forward kernel directly; a
+differentiable call goes through the op's autograd.Function, whose backward
+launches the backward kernel unless a graph of the gradient is needed (then
+the closed form of fastcae/ops/reference.py runs, which autograd can
+differentiate again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class KernelPair:
+    """A forward and a backward kernel: the registered ops, and how eager calls launch them.
+
+    The C++ ops are launched through the dispatcher (cheap). A Python custom op
+    costs tens of µs per call, so eager calls launch the Triton kernels
+    directly; the ops are used while torch.compile traces (they have fake
+    kernels) and under torch.func (vmap needs their registered rule).
+    """
+
+    forward_op: Callable
+    backward_op: Callable
+    forward_launch: Callable
+    backward_launch: Callable
+
+    def forward(self, *args):
+        return (self.forward_op if traced() else self.forward_launch)(*args)
+
+    def backward(self, *args):
+        return (self.backward_op if traced() else self.backward_launch)(*args)
+
+
+def traced() -> bool:
+    """torch.compile is tracing, or a torch.func transform is active."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def graph_needed(*tensors: Tensor | None) -> bool:
+    """Whether a backward must itself be differentiable: create_graph=True with
+    something to differentiate, or a torch.func transform around it."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def no_autograd(*tensors: Tensor | None) -> bool:
+    """No autograd of any kind is watching this call (nothing requires grad, no
+    forward-mode dual tensors, no torch.func transform): the forward kernel can
+    run without the op's Function."""
+    if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
