@@ -8,6 +8,7 @@ import torch
 from helpers import DEVICES, assert_close, available_backends, make_inputs, reference, skip_unless_supported
 
 import fastcae
+import fastcae.ops.hessian
 from fastcae._environment import triton_interpreter_enabled as interpreter_enabled
 from fastcae.activations import ACTIVATION_NAMES
 
@@ -227,3 +228,34 @@ def test_naive_nan_in_x_reaches_only_its_sample(activation):
     x[1, 0] = float("nan")
     p = fastcae.penalty(x, weight, bias, activation=activation, reduction="none", backend="naive")
     assert torch.isnan(p[1]) and torch.isfinite(p[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize(("device", "backend"), FAST_TARGETS, ids=FAST_TARGET_IDS)
+def test_torch_compile_matches_eager_without_graph_breaks(device, backend):
+    """The encode and CAE+H ops under torch.compile(fullgraph=True): no graph
+    break, the eager values and gradients."""
+    x, weight, bias = make_inputs(16, 12, 20, device=device, seed=1)
+    generator_seed = 3
+
+    def loss_fn(x, weight, bias, noise):
+        h, p = fastcae.encode(x, weight, bias, backend=backend)
+        z = torch.nn.functional.linear(x, weight, bias)
+        hessian = fastcae.ops.hessian.IMPLEMENTATIONS[backend](
+            z, z + noise @ weight.t(), weight.pow(2).sum(1), "sigmoid"
+        )
+        return (h.pow(2).sum(dim=1) + 0.1 * p + hessian).mean()
+
+    noise = 0.1 * torch.randn(2, 16, 12, generator=torch.Generator().manual_seed(generator_seed)).to(device)
+    explanation = torch._dynamo.explain(loss_fn)(x, weight, bias, noise)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    # aot_eager on CPU (no C++ toolchain needed); Inductor where a GPU is present.
+    compiled = torch.compile(loss_fn, backend="aot_eager" if device == "cpu" else "inductor", fullgraph=True)
+    eager_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    compiled_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    eager = loss_fn(*eager_inputs, noise)
+    eager.backward()
+    result = compiled(*compiled_inputs, noise)
+    result.backward()
+    torch.testing.assert_close(result, eager)
+    for a, b in zip(compiled_inputs, eager_inputs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)

@@ -31,11 +31,7 @@
 namespace fastcae {
 namespace {
 
-using cuda::blocks_for;
-using cuda::kUnitsPerBlock;
-using cuda::kWarpSize;
-using cuda::kWarpsPerBlock;
-using cuda::warp_sum;
+using namespace cuda;  // cuda_kernels.cuh
 
 // norms[j] = ‖W_j‖² for a contiguous (rows, cols) W: one warp per row.
 template <typename scalar_t, typename acc_t>

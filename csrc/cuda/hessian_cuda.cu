@@ -16,11 +16,7 @@
 namespace fastcae {
 namespace {
 
-using cuda::blocks_for;
-using cuda::kUnitsPerBlock;
-using cuda::kWarpSize;
-using cuda::kWarpsPerBlock;
-using cuda::warp_sum;
+using namespace cuda;  // cuda_kernels.cuh
 
 // CAE+H forward: one warp per row b; each lane takes φ'(z_bj) once and
 // compares it with its n corrupted copies; warp_sum finishes the row.

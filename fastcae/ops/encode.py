@@ -34,7 +34,14 @@ from torch import Tensor
 from .._precision import acc_dtype
 from ..activations import ACTIVATIONS
 from . import loading
-from .fused import KernelPair, graph_needed, no_autograd
+from .fused import (
+    KernelPair,
+    fake_grads,
+    from_custom_op_grads,
+    graph_needed,
+    no_autograd,
+    to_custom_op_grads,
+)
 from .reference import encode_backward_closed_form, encode_jvp_closed_form, encode_naive, encode_torch
 
 EncodeOutputs = tuple[Tensor, Tensor, Tensor]  # h (B, H), p (B,), ‖W_j‖² (H,)
@@ -76,14 +83,9 @@ def _encode_forward_vmap(forward: Callable[..., EncodeOutputs]):
 
 
 def _encode_backward_fake(
-    grad_code, grad_penalty, x, weight, code, row_norms_sq, activation, output_mask
+    grad_code, grad_penalty, x, weight, code, row_norms_sq, activation, output_mask, *, custom_op=False
 ) -> Grads:
-    need_x, need_weight, need_bias = output_mask
-    return (
-        x.new_empty(x.shape) if need_x else None,
-        weight.new_empty(weight.shape) if need_weight else None,
-        weight.new_empty((weight.shape[0],)) if need_bias else None,
-    )
+    return fake_grads(x, (x.shape, weight.shape, weight.shape[:1]), output_mask, custom_op=custom_op)
 
 
 # --- The Triton kernel ops (kernels/encode.py) ---------------------------------------------
@@ -121,7 +123,7 @@ def triton_encode_backward(
     """The fused Triton backward: (dx, dW, db); outputs not asked for in
     output_mask are empty tensors (a custom op cannot return None)."""
     grads = _triton_backward(grad_code, grad_penalty, x, weight, code, row_norms_sq, activation, output_mask)
-    return tuple(g if g is not None else x.new_empty(0) for g in grads)
+    return to_custom_op_grads(grads, x)
 
 
 triton_encode_forward.register_fake(_encode_forward_fake)
@@ -130,10 +132,8 @@ triton_encode_forward.register_vmap(_encode_forward_vmap(triton_encode_forward))
 
 @triton_encode_backward.register_fake
 def _(grad_code, grad_penalty, x, weight, code, row_norms_sq, activation, output_mask):
-    shapes = (x.shape, weight.shape, weight.shape[:1])
-    return tuple(
-        x.new_empty(shape if need else (0,)) for shape, need in zip(shapes, output_mask, strict=True)
-    )
+    args = (grad_code, grad_penalty, x, weight, code, row_norms_sq, activation, output_mask)
+    return _encode_backward_fake(*args, custom_op=True)
 
 
 def _triton_backward_op(
@@ -142,7 +142,7 @@ def _triton_backward_op(
     grads = triton_encode_backward(
         grad_code, grad_penalty, x, weight, code, row_norms_sq, activation, output_mask
     )
-    return tuple(g if need else None for g, need in zip(grads, output_mask, strict=True))
+    return from_custom_op_grads(grads, output_mask)
 
 
 if loading.extension() is not None:

@@ -59,3 +59,25 @@ def no_autograd(*tensors: Tensor | None) -> bool:
     if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
         return False
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+# A backward kernel returns None for the gradients output_mask does not ask
+# for; a Python custom op cannot return None, so the Triton ones return empty
+# tensors there instead. These convert, and make fake gradients of either kind.
+
+
+def fake_grads(like: Tensor, shapes, output_mask, *, custom_op: bool = False) -> tuple:
+    """Uninitialized gradients of ``shapes`` where output_mask asks for them, else None
+    (an empty tensor for a custom op)."""
+    absent = (lambda: like.new_empty(0)) if custom_op else (lambda: None)
+    return tuple(
+        like.new_empty(shape) if need else absent() for shape, need in zip(shapes, output_mask, strict=True)
+    )
+
+
+def to_custom_op_grads(grads, like: Tensor) -> tuple[Tensor, ...]:
+    return tuple(g if g is not None else like.new_empty(0) for g in grads)
+
+
+def from_custom_op_grads(grads, output_mask) -> tuple:
+    return tuple(g if need else None for g, need in zip(grads, output_mask, strict=True))

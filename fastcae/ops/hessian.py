@@ -23,7 +23,14 @@ from torch import Tensor
 
 from ..activations import ACTIVATIONS
 from . import loading
-from .fused import KernelPair, graph_needed, no_autograd
+from .fused import (
+    KernelPair,
+    fake_grads,
+    from_custom_op_grads,
+    graph_needed,
+    no_autograd,
+    to_custom_op_grads,
+)
 from .reference import hessian_backward_closed_form, hessian_jvp_closed_form, hessian_torch
 
 Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
@@ -37,12 +44,10 @@ def _hessian_forward_fake(
 
 
 def _hessian_backward_fake(
-    grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask
+    grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask, *, custom_op=False
 ) -> Grads:
     shapes = (preact.shape, noisy_preact.shape, row_norms_sq.shape)
-    return tuple(
-        preact.new_empty(shape) if need else None for shape, need in zip(shapes, output_mask, strict=True)
-    )
+    return fake_grads(preact, shapes, output_mask, custom_op=custom_op)
 
 
 def _hessian_forward_vmap(forward: Callable[..., Tensor]):
@@ -123,7 +128,7 @@ def triton_hessian_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dz, dz̃, d‖W_j‖²); outputs not asked for in output_mask are empty tensors."""
     grads = _triton_backward(grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask)
-    return tuple(g if g is not None else preact.new_empty(0) for g in grads)
+    return to_custom_op_grads(grads, preact)
 
 
 triton_hessian_forward.register_fake(_hessian_forward_fake)
@@ -132,15 +137,13 @@ triton_hessian_forward.register_vmap(_hessian_forward_vmap(triton_hessian_forwar
 
 @triton_hessian_backward.register_fake
 def _(grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask):
-    shapes = (preact.shape, noisy_preact.shape, row_norms_sq.shape)
-    return tuple(
-        preact.new_empty(shape if need else (0,)) for shape, need in zip(shapes, output_mask, strict=True)
-    )
+    args = (grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask)
+    return _hessian_backward_fake(*args, custom_op=True)
 
 
 def _triton_backward_op(grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask) -> Grads:
     grads = triton_hessian_backward(grad_penalty, preact, noisy_preact, row_norms_sq, activation, output_mask)
-    return tuple(g if need else None for g, need in zip(grads, output_mask, strict=True))
+    return from_custom_op_grads(grads, output_mask)
 
 
 if loading.extension() is not None:
