@@ -91,9 +91,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             name="triton",
-            description=(
-                "fused Triton kernels: GEMM with the penalty in its epilogue; backward GEMMs recompute dz"
-            ),
+            description="fused Triton kernels: GEMM + penalty epilogue; backward: a dz pass, then cuBLAS",
             device_types=loading.triton_device_types(),
             dtypes=loading.triton_dtypes(),
             unavailable_reason=loading.triton_unavailable_reason,

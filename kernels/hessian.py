@@ -17,10 +17,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .activations import curvature_from_code, forward_and_slope
-from .tuning import INTERPRETED
+from .tuning import HESSIAN_CONFIG
 
-BLOCK_B = 16 if INTERPRETED else 32
-BLOCK_H = 16 if INTERPRETED else 128
+BLOCK_B = HESSIAN_CONFIG.kwargs["BLOCK_B"]
+BLOCK_H = HESSIAN_CONFIG.kwargs["BLOCK_H"]
 
 
 @triton.jit
@@ -110,7 +110,7 @@ def hessian_forward(preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, 
     partial = preact.new_empty((batch, grid[1]))
     _hessian_forward_kernel[grid](
         preact, noisy_preact, row_norms_sq, partial, copies, batch, hidden, batch * hidden,
-        ACTIVATION=activation_id, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H,
+        ACTIVATION=activation_id, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, num_warps=HESSIAN_CONFIG.num_warps,
     )  # fmt: skip
     return partial.sum(dim=1) / copies
 
@@ -142,7 +142,7 @@ def hessian_backward(
             grad_preact if need_preact else preact, grad_noisy if need_noisy else preact, partial,
             copies, batch, hidden, batch * hidden,
             NEED_PREACT=need_preact, NEED_NOISY=need_noisy, ACTIVATION=activation_id,
-            BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H,
+            BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, num_warps=HESSIAN_CONFIG.num_warps,
         )  # fmt: skip
     grad_norms = partial.sum(dim=0) / max(copies, 1) if need_norms else None
     return grad_preact, grad_noisy, grad_norms

@@ -1,31 +1,41 @@
-"""Compile the Triton kernels ahead of time for NVIDIA GPUs, without a GPU.
+"""Compile the Triton kernels ahead of time for NVIDIA GPUs, without a GPU, and read ptxas's report.
 
-Triton can lower a kernel all the way to a cubin for a named target (here
-sm_90 = Hopper, sm_80 = Ampere) on a machine with no GPU. This proves the GPU
-code path compiles (the interpreter, which CI uses to check the numbers, never
-compiles), that the GEMM kernels use tensor cores (wgmma on Hopper, mma on
-Ampere) and that every autotune config fits in shared memory.
+Triton lowers a kernel all the way to a cubin for a named target (sm_90 =
+Hopper, sm_80 = Ampere) on a machine with no GPU. Each kernel is compiled with
+the specialization a real call gets, in two variants:
 
-    python scripts/compile_triton.py [--arch 90 80] [--configs | --full]
+- **aligned (16)**: pointers 16-byte aligned, sizes and row strides divisible by
+  16 (Triton's ``tt.divisibility`` attribute), unit strides constant — what a
+  call with D and H multiples of 16 gets;
+- **rows of 8 (8)**: no divisibility known to Triton, row strides multiples of 8
+  (the forward's ROW_ALIGN hint; e.g. D = 1000), unit strides constant;
+- **unaligned (1)**: nothing known (e.g. D = 999), unit strides constant.
 
-By default a representative set (every kernel × every dtype, every activation
-once, the default config); --configs compiles every autotune config that the
-shared-memory pruning keeps for each dtype (one activation); --full compiles
-every activation × dtype × flag combination with every such config.
+For each variant ptxas's own report (``-v``, as Triton runs it) gives registers,
+spill bytes and its notes; the script fails the run on a spill, on a
+serialized wgmma (ptxas C7515), on a config that does not fit shared memory,
+and where a half-precision GEMM does not use tensor cores.
+
+    python scripts/compile_triton.py [--arch 90 80] [--mode shipped|representative] [--jobs N]
+
+``--mode shipped`` (default) covers every autotune config the kernels ship
+that the shared-memory pruning keeps, for every activation and dtype, aligned
+and not; ``representative`` one config and activation per kernel and dtype.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
+import os
+import re
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-
-import triton
-from fastcae.kernels import encode, hessian, tuning
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 SHARED_MEMORY_BYTES = {80: 163 * 1024, 90: 227 * 1024}
 # (pointer element type, input precision) per input dtype
@@ -36,6 +46,104 @@ DTYPES = {
     "fp16": ("fp16", "ieee"),
     "fp64": ("fp64", "ieee"),
 }
+ELEMENT_SIZES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
+ACTIVATIONS = range(5)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """How a kernel is launched: its accumulator-typed pointers, its int arguments
+    that are multiples of 16 in an aligned call, the ones that are 1 (unit
+    strides), and its flag combinations."""
+
+    name: str
+    accumulator_pointers: tuple[str, ...] = ()
+    aligned_ints: tuple[str, ...] = ()
+    unit_ints: tuple[str, ...] = ()
+    flag_sets: tuple[tuple[tuple[str, object], ...], ...] = ((),)
+    gemm: bool = False  # uses tl.dot: tensor cores expected for 16-bit inputs
+    float_inputs_only: bool = False  # CAE+H: float32/float64 inputs
+
+
+def _specs():
+    from fastcae.kernels import encode, hessian
+
+    return {
+        "forward": (
+            encode._encode_forward_kernel,
+            KernelSpec(
+                "forward",
+                accumulator_pointers=("penalty_partial_ptr", "row_norms_sq_ptr"),
+                aligned_ints=("B", "D_ROWS", "H", "B_BUCKET", "stride_xb", "stride_wh"),
+                unit_ints=("stride_xd", "stride_wd"),
+                flag_sets=((("HAS_BIAS", True),), (("HAS_BIAS", False),)),
+                gemm=True,
+            ),
+        ),
+        "row_norms_sq": (
+            encode._row_norms_sq_kernel,
+            KernelSpec(
+                "row_norms_sq",
+                accumulator_pointers=("row_norms_sq_ptr",),
+                aligned_ints=("D", "H", "stride_wh"),
+                unit_ints=("stride_wd",),
+            ),
+        ),
+        "grad_preact": (
+            encode._grad_preact_kernel,
+            KernelSpec(
+                "grad_preact",
+                accumulator_pointers=("grad_penalty_ptr", "row_norms_sq_ptr", "partials_ptr"),
+                aligned_ints=("B", "H", "CHUNK_ROWS", "stride_gcb"),
+                flag_sets=tuple(
+                    (("HAS_GRAD_CODE", a), ("HAS_GRAD_PENALTY", b))
+                    for a, b in ((True, True), (True, False), (False, True))
+                ),
+            ),
+        ),
+        "hessian_forward": (
+            hessian._hessian_forward_kernel,
+            KernelSpec("hessian_forward", aligned_ints=("B", "H", "COPY_STRIDE"), float_inputs_only=True),
+        ),
+        "hessian_backward": (
+            hessian._hessian_backward_kernel,
+            KernelSpec(
+                "hessian_backward",
+                aligned_ints=("B", "H", "COPY_STRIDE"),
+                flag_sets=(
+                    (("NEED_PREACT", True), ("NEED_NOISY", True)),
+                    (("NEED_PREACT", False), ("NEED_NOISY", True)),
+                ),
+                float_inputs_only=True,
+            ),
+        ),
+    }
+
+
+def _jit(kernel):
+    """The JITFunction under the autotune/heuristics wrappers."""
+    import triton
+
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def shipped_configs(kernel_name: str) -> list:
+    """The configs an autotuned kernel ships, or its one fixed launch config."""
+    from fastcae.kernels import tuning
+
+    kernel, _ = _specs()[kernel_name]
+    if hasattr(kernel, "configs"):
+        return list(kernel.configs)
+    return [
+        {
+            "row_norms_sq": tuning.ROW_NORMS_CONFIG,
+            "grad_preact": tuning.GRAD_PREACT_CONFIG,
+            "hessian_forward": tuning.HESSIAN_CONFIG,
+            "hessian_backward": tuning.HESSIAN_CONFIG,
+        }[kernel_name]
+    ]
 
 
 @dataclass(frozen=True)
@@ -43,168 +151,189 @@ class Variant:
     kernel: str
     dtype: str
     activation: int
-    flags: tuple[tuple[str, bool], ...]
-    config: triton.Config
+    flags: tuple[tuple[str, object], ...]
+    config_index: int
+    alignment: int  # 16, 8 or 1: see the module docstring
 
 
-def _jit(kernel):
-    """The JITFunction under the autotune/heuristics wrappers."""
-    while not isinstance(kernel, triton.runtime.jit.JITFunction):
-        kernel = kernel.fn
-    return kernel
+def _constexprs_and_signature(fn, spec: KernelSpec, variant: Variant, config) -> tuple[dict, dict, dict]:
+    from triton.backends.compiler import BaseBackend
 
-
-def _signature(fn, pointer_types: dict[str, str], constexprs: dict) -> dict[str, str]:
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = "*" + pointer_types.get(name, pointer_types["*"])
-        else:
-            signature[name] = "i32"
-    return signature
-
-
-def compile_variant(variant: Variant, arch: int):
     element, precision = DTYPES[variant.dtype]
     acc = "fp64" if element == "fp64" else "fp32"
-    constexprs = {"ACTIVATION": variant.activation, **dict(variant.flags), **variant.config.kwargs}
-    if variant.kernel == "forward":
-        fn = _jit(encode._encode_forward_kernel)
-        pointers = {"*": element, "penalty_partial_ptr": acc, "row_norms_sq_ptr": acc}
-        constexprs |= {"INPUT_PRECISION": precision, "ACC_FP64": acc == "fp64", "BLOCK_H": 128}
-    elif variant.kernel == "grad_input":
-        fn = _jit(encode._grad_input_kernel)
-        pointers = {"*": element, "grad_penalty_ptr": acc, "row_norms_sq_ptr": acc}
-        constexprs |= {"INPUT_PRECISION": precision, "ACC_FP64": acc == "fp64"}
-    elif variant.kernel == "grad_weight":
-        fn = _jit(encode._grad_weight_kernel)
-        pointers = {"*": element, "grad_penalty_ptr": acc, "row_norms_sq_ptr": acc}
-        constexprs |= {"INPUT_PRECISION": precision, "ACC_FP64": acc == "fp64"}
-    else:  # CAE+H kernels take float32/float64 pre-activations
-        fn = _jit(
-            hessian._hessian_forward_kernel
-            if variant.kernel == "hessian_forward"
-            else hessian._hessian_backward_kernel
-        )
-        pointers = {"*": acc}
-        constexprs |= {"BLOCK_B": hessian.BLOCK_B, "BLOCK_H": hessian.BLOCK_H}
-    source = ASTSource(fn, _signature(fn, pointers, constexprs), constexprs)
-    options = {"num_warps": variant.config.num_warps, "num_stages": variant.config.num_stages}
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    constexprs = {**dict(variant.flags), **config.kwargs}
+    for name, value in (
+        ("ACTIVATION", variant.activation),
+        ("INPUT_PRECISION", precision),
+        ("ACC_FP64", acc == "fp64"),
+    ):
+        if name in fn.arg_names:
+            constexprs[name] = value
+    constexprs.update({name: 1 for name in spec.unit_ints})
+    if "ROW_ALIGN" in fn.arg_names:
+        constexprs["ROW_ALIGN"] = variant.alignment
+    constexprs.update(_fixed_constexprs(variant.kernel, ELEMENT_SIZES[element]))
+    signature, attrs = {}, {}
+    for index, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        if name.endswith("_ptr"):
+            pointer = acc if name in spec.accumulator_pointers or spec.float_inputs_only else element
+            signature[name] = "*" + pointer
+        else:
+            signature[name] = "i32"
+        # Pointers from torch's allocator are 16-byte aligned in every variant.
+        if name.endswith("_ptr") or (variant.alignment == 16 and name in spec.aligned_ints):
+            attrs[(index,)] = BaseBackend.parse_attr("D")
+    return constexprs, signature, attrs
 
 
-FLAG_SETS = {
-    "forward": [(("HAS_BIAS", True),), (("HAS_BIAS", False),)],
-    "grad_input": [
-        (("HAS_GRAD_CODE", a), ("HAS_GRAD_PENALTY", b))
-        for a, b in ((True, True), (True, False), (False, True))
-    ],
-    "grad_weight": [
-        (("HAS_GRAD_CODE", a), ("HAS_GRAD_PENALTY", b), ("NEED_GRAD_WEIGHT", w), ("NEED_GRAD_BIAS", True))
-        for a, b in ((True, True), (True, False), (False, True))
-        for w in (True, False)
-    ],
-    "hessian_forward": [()],
-    "hessian_backward": [
-        (("NEED_PREACT", True), ("NEED_NOISY", True)),
-        (("NEED_PREACT", False), ("NEED_NOISY", True)),
-    ],
-}
-CONFIGS = {
-    "forward": tuning.forward_configs,
-    "grad_input": tuning.grad_input_configs,
-    "grad_weight": tuning.grad_weight_configs,
-    "hessian_forward": lambda: [triton.Config({}, num_warps=4, num_stages=1)],
-    "hessian_backward": lambda: [triton.Config({}, num_warps=4, num_stages=1)],
-}
+def _fixed_constexprs(kernel: str, element_size: int) -> dict:
+    """The forward's block sizes set by heuristics rather than its configs."""
+    from fastcae.kernels import tuning
+
+    if kernel == "forward":
+        return {"BLOCK_H": tuning.FORWARD_BLOCK_H, "BLOCK_K": tuning.forward_block_k(element_size)}
+    return {}
 
 
-PRUNERS = {
-    "forward": (tuning.forward_prune, "x_ptr"),
-    "grad_input": (tuning.grad_input_prune, "weight_ptr"),
-    "grad_weight": (tuning.grad_weight_prune, "x_ptr"),
-}
-ELEMENT_SIZES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
+@dataclass(frozen=True)
+class Report:
+    label: str
+    ok: bool
+    registers: int
+    spill_bytes: int
+    serialized_wgmma: bool
+    shared: int
+    tensor_cores: bool
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
 
 
-class _ElementSized:
-    """Stands in for a tensor argument: the pruners only ask for its element size."""
+def compile_variant(variant: Variant, arch: int) -> Report:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    kernel, spec = _specs()[variant.kernel]
+    fn = _jit(kernel)
+    config = shipped_configs(variant.kernel)[variant.config_index]
+    constexprs, signature, attrs = _constexprs_and_signature(fn, spec, variant, config)
+    label = (
+        f"sm_{arch} {variant.kernel} {variant.dtype} act={variant.activation} {dict(variant.flags)} "
+        f"{config.kwargs} w{config.num_warps} s{config.num_stages} align {variant.alignment}"
+    )
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    log = io.StringIO()
+    try:
+        source = ASTSource(fn, signature, constexprs, attrs)
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    except Exception as exc:  # reported, then the run fails
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        return Report(label, False, 0, 0, False, 0, False, (f"{type(exc).__name__}: {message}",), ())
+    ptxas = log.getvalue()
+    registers = max((int(m) for m in re.findall(r"Used (\d+) registers", ptxas)), default=-1)
+    spill_bytes = sum(int(m) for m in re.findall(r"(\d+) bytes spill (?:stores|loads)", ptxas))
+    serialized = "C7515" in ptxas
+    notes = tuple(line.strip() for line in ptxas.splitlines() if re.search(r"warning|C\d{4}", line))
+    shared = compiled.metadata.shared
+    ptx = compiled.asm["ptx"]
+    tensor_cores = "wgmma" in ptx or "mma.sync" in ptx
+    problems = []
+    if registers < 0:
+        problems.append("no ptxas report")
+    if spill_bytes:
+        problems.append(f"spills {spill_bytes} B")
+    if serialized:
+        problems.append("serialized wgmma (C7515)")
+    if shared > SHARED_MEMORY_BYTES[arch]:
+        problems.append(f"shared memory {shared} B > {SHARED_MEMORY_BYTES[arch]} B")
+    if spec.gemm and DTYPES[variant.dtype][0] in ("bf16", "fp16") and not tensor_cores:
+        problems.append("16-bit GEMM without tensor cores")
+    return Report(
+        label, not problems, registers, spill_bytes, serialized, shared, tensor_cores, tuple(problems), notes
+    )
 
-    def element_size(self) -> int:
-        return self.size
 
+def _kept_config_indices(kernel_name: str, dtype: str, arch: int) -> list[int]:
+    """The configs the shared-memory pruning keeps for this dtype on this arch."""
+    from fastcae.kernels import tuning
 
-def kept_configs(kernel: str, dtype: str, arch: int) -> list[triton.Config]:
-    """The autotune configs the shared-memory pruning keeps for this dtype on this arch."""
-    configs = CONFIGS[kernel]()
-    if kernel not in PRUNERS:
-        return configs
-    prune, element_arg = PRUNERS[kernel]
+    configs = shipped_configs(kernel_name)
+    prune = tuning.PRUNERS.get(kernel_name)
+    if prune is None:
+        return list(range(len(configs)))
     budget = tuning._shared_memory_bytes
     tuning._shared_memory_bytes = lambda: SHARED_MEMORY_BYTES[arch]
     try:
-        args = {element_arg: _ElementSized(ELEMENT_SIZES[DTYPES[dtype][0]]), "H": 1024}
-        return prune(configs, args)
+        kept = prune(configs, {"element_size": ELEMENT_SIZES[DTYPES[dtype][0]], "H": 1024})
     finally:
         tuning._shared_memory_bytes = budget
+    return [configs.index(c) for c in kept]
 
 
 def variants(mode: str, arch: int) -> list[Variant]:
     out = []
-    for kernel, flag_sets in FLAG_SETS.items():
-        dtypes = ["fp32-ieee", "fp64"] if kernel.startswith("hessian") else list(DTYPES)
+    for name, (kernel, spec) in _specs().items():
+        dtypes = ["fp32-ieee", "fp64"] if spec.float_inputs_only else list(DTYPES)
+        if not spec.gemm:  # the input precision only matters to tl.dot
+            dtypes = [d for d in dtypes if d != "fp32-tf32"]
         for dtype in dtypes:
-            configs = kept_configs(kernel, dtype, arch)
-            for activation, flags, config in itertools.product(range(5), flag_sets, configs):
-                first = flags == flag_sets[0]
-                chosen = {
-                    "representative": activation == dtypes.index(dtype) % 5
-                    and first
-                    and config is configs[0],
-                    "configs": activation == 0 and first,
-                    "full": True,
-                }[mode]
-                if chosen:
-                    out.append(Variant(kernel, dtype, activation, flags, config))
+            indices = _kept_config_indices(name, dtype, arch)
+            alignments = (16, 8, 1) if name == "forward" else (16, 1)
+            activations = ACTIVATIONS if "ACTIVATION" in _jit(kernel).arg_names else (0,)
+            for activation, flags, index, alignment in itertools.product(
+                activations, spec.flag_sets, indices, alignments
+            ):
+                if mode == "representative" and not (
+                    activation == dtypes.index(dtype) % len(activations)
+                    and flags == spec.flag_sets[0]
+                    and index == indices[0]
+                ):
+                    continue
+                out.append(Variant(name, dtype, activation, flags, index, alignment))
     return out
+
+
+def _worker_init(cache_dir: str) -> None:
+    os.environ["TRITON_CACHE_DIR"] = cache_dir  # a fresh cache: ptxas runs, so its report is printed
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+
+    triton.knobs.nvidia.dump_ptxas_log = True
+
+
+def _compile(args: tuple[Variant, int]) -> Report:
+    return compile_variant(*args)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--configs", action="store_const", const="configs", dest="mode")
-    mode.add_argument("--full", action="store_const", const="full", dest="mode")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90])
+    parser.add_argument("--mode", choices=["shipped", "representative"], default="shipped")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--quiet", action="store_true", help="print only the problems and the summary")
     args = parser.parse_args(argv)
-    failures = total = 0
     start = time.perf_counter()
-    for arch in args.arch:
-        todo = variants(args.mode or "representative", arch)
-        total += len(todo)
-        for variant in todo:
-            label = (
-                f"sm_{arch} {variant.kernel} {variant.dtype} act={variant.activation} "
-                f"{dict(variant.flags)} {variant.config.kwargs} warps={variant.config.num_warps} "
-                f"stages={variant.config.num_stages}"
-            )
-            try:
-                compiled = compile_variant(variant, arch)
-            except Exception as exc:  # report every failure, then exit non-zero
-                failures += 1
-                print(f"FAIL {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-                continue
-            shared = compiled.metadata.shared
-            fits = shared <= SHARED_MEMORY_BYTES[arch]
-            tensor_cores = "wgmma" in compiled.asm["ptx"] or "mma.sync" in compiled.asm["ptx"]
-            if not fits:
-                failures += 1
-            print(f"{'ok  ' if fits else 'FAIL'} {label}: shared {shared} B, tensor cores {tensor_cores}")
-    print(f"{total - failures} compiled, {failures} failed, {time.perf_counter() - start:.0f} s")
+    work = [(v, arch) for arch in args.arch for v in variants(args.mode, arch)]
+    failures = 0
+    with tempfile.TemporaryDirectory() as cache_dir:
+        with ProcessPoolExecutor(args.jobs, initializer=_worker_init, initargs=(cache_dir,)) as pool:
+            for report in pool.map(_compile, work, chunksize=4):
+                failures += not report.ok
+                if report.ok and args.quiet:
+                    continue
+                status = "ok  " if report.ok else "FAIL"
+                detail = "; ".join(report.problems) if report.problems else ""
+                print(
+                    f"{status} {report.label}: {report.registers} registers, spills {report.spill_bytes} B, "
+                    f"shared {report.shared} B, tensor cores {report.tensor_cores}"
+                    + (f" -- {detail}" if detail else ""),
+                    flush=True,
+                )
+    print(f"{len(work) - failures} clean, {failures} with problems, {time.perf_counter() - start:.0f} s")
     return 1 if failures else 0
 
 

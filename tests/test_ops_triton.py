@@ -2,6 +2,11 @@
 and the GPU-only dtypes. Runs under the Triton interpreter on a
 CPU-only machine and on the GPU where one is present."""
 
+import contextlib
+import os
+import subprocess
+import sys
+
 import helpers
 import pytest
 import torch
@@ -109,3 +114,112 @@ def test_float32_follows_pytorch_matmul_precision():
         torch.set_float32_matmul_precision(previous)
     rel = ((p_tf32.double() - p_ref).abs().max() / p_ref.abs().max()).item()
     assert rel <= 2e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_offsets_past_2_31_in_transposed_operands(device):
+    """Strides whose products with an index pass 2³¹ (a transposed view of a large
+    operand): the kernels' offsets are 64-bit. x and W here are tiny views with a
+    stride of 2³⁰ along D, over one float16 storage of 2³¹ + 16 elements (4 GiB
+    reserved; only the few elements used are written)."""
+    stride = 2**30
+    storage = torch.empty(2 * stride + 16, dtype=torch.float16, device=device)
+    x = storage.as_strided((3, 3), (1, stride))
+    weight = storage.as_strided((4, 3), (1, stride), storage_offset=4)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x.copy_(torch.randn(3, 3, generator=gen).half())
+        weight.copy_(0.5 * torch.randn(4, 3, generator=gen).half())
+    h, p = fastcae.encode(x, weight, None, activation="tanh", backend="triton")
+    h_ref, p_ref = reference(x, weight, None, "tanh")
+    assert_close(h, h_ref, torch.float16, what="code")
+    assert_close(p, p_ref, torch.float16, what="penalty")
+
+
+def test_the_autotune_key_buckets_the_batch():
+    """A new batch size re-uses its power-of-two bucket's tuning instead of timing
+    every config again (about a second per kernel on a GPU)."""
+    from fastcae.kernels import encode, tuning
+
+    assert "B" not in encode._encode_forward_kernel.keys and "B_BUCKET" in encode._encode_forward_kernel.keys
+    assert [tuning.batch_bucket(b) for b in (0, 1, 2, 3, 33, 64, 65)] == [1, 1, 2, 4, 64, 64, 128]
+
+
+def test_row_alignment_hint():
+    from fastcae.kernels import encode
+
+    assert encode._row_alignment(1024, 784, 784) == 16
+    assert encode._row_alignment(1000, 1000, 1000) == 8
+    assert encode._row_alignment(300, 300, 784) == 4
+    assert encode._row_alignment(999, 999, 999) == 1
+
+
+def test_launches_go_to_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: a tensor on another one gets a
+    device guard (mocked here: one GPU or none cannot show it)."""
+    from fastcae.kernels import encode
+
+    class FakeTensor:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext()
+    )
+    with encode._on_device(FakeTensor()):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    with encode._on_device(FakeTensor()):
+        pass
+    assert len(entered) == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_forward_launch_holds_the_lock(device, monkeypatch):
+    """Triton's autotuner is not thread-safe while it times configs: every
+    forward launch holds the module's lock."""
+    from fastcae.kernels import encode
+
+    held = []
+    kernel = encode._encode_forward_kernel
+
+    class Spy:
+        keys = kernel.keys
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                held.append(encode._LAUNCH_LOCK.locked())
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(encode, "_encode_forward_kernel", Spy())
+    x, weight, bias = make_inputs(5, 6, 7, device=device)
+    fastcae.encode(x, weight, bias, backend="triton")
+    assert held == [True]
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="autotuning runs on a GPU")
+def test_results_are_bitwise_equal_across_processes_with_autotuning():
+    """Two processes may pick different autotune configs; the configs share
+    BLOCK_K and BLOCK_H, so h, p and the gradients are the same bits."""
+    script = (
+        "import hashlib, torch, fastcae\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(4096, 784, generator=g).cuda().bfloat16()\n"
+        "w = (0.05 * torch.randn(1024, 784, generator=g)).cuda().bfloat16().requires_grad_()\n"
+        "h, p = fastcae.encode(x, w, None, backend='triton')\n"
+        "(h.float().sum() + p.sum()).backward()\n"
+        "data = b''.join(t.float().cpu().numpy().tobytes() for t in (h, p, w.grad))\n"
+        "print(hashlib.sha256(data).hexdigest())\n"
+    )
+    env = {**os.environ, "FASTCAE_TRITON_AUTOTUNE": "1"}
+    digests = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+        for _ in range(2)
+    ]
+    assert all(d.returncode == 0 for d in digests), [d.stderr[-2000:] for d in digests]
+    assert digests[0].stdout == digests[1].stdout

@@ -4,13 +4,14 @@
 // setting); everything else is one kernel per direction:
 //
 // Forward:  row_norms_sq_kernel   ‖W_j‖², one warp per row of W;
-//           z = addmm(b, x, Wᵀ)    cuBLAS;
-//           activate_kernel       one warp per row of z: overwrites z with h and
-//                                 reduces Σ_j φ'(z_bj)² ‖W_j‖² by warp shuffles
-//                                 (fixed order, no atomics).
-// Backward: grad_preact_kernel    one thread per hidden unit and chunk of rows:
-//                                 writes dz (the one B×H temporary) and the
+//           z = addmm(b, x, Wᵀ)    cuBLAS, z in the inputs' dtype (as
+//                                 torch.sigmoid(F.linear(...)) rounds it);
+//           activate_kernel       one block per row of z: overwrites z with h and
+//                                 reduces Σ_j φ'(z_bj)² ‖W_j‖² (fixed order, no atomics).
+// Backward: grad_preact_kernel    one thread per pack of hidden units and chunk of
+//                                 rows: writes dz (the one B×H temporary) and the
 //                                 chunk's Σ_b dz and Σ_b g_p φ'² per unit;
+// Both elementwise kernels move 16 bytes per access where the rows allow it.
 //           the chunk sums are added in order, then dx = dz W and
 //           dW = diag(2 Σ_b g_p φ'²) W + dzᵀ x (finish_encode_backward, shared with the CPU).
 //
@@ -33,6 +34,9 @@ namespace {
 
 using namespace cuda;  // cuda_kernels.cuh
 
+// Threads per row of the forward's activate_kernel.
+constexpr int kActivateThreads = 128;
+
 // norms[j] = ‖W_j‖² for a contiguous (rows, cols) W: one warp per row.
 template <typename scalar_t, typename acc_t>
 __global__ void row_norms_sq_kernel(const scalar_t* __restrict__ weight, acc_t* __restrict__ norms,
@@ -50,54 +54,95 @@ __global__ void row_norms_sq_kernel(const scalar_t* __restrict__ weight, acc_t* 
   if (lane == 0) norms[row] = sum;
 }
 
-// Turns one row of z (B, H) per warp into h in place and writes its penalty.
-template <Activation A, typename scalar_t, typename acc_t>
-__global__ void activate_kernel(scalar_t* __restrict__ code, const acc_t* __restrict__ row_norms_sq,
-                                acc_t* __restrict__ penalty, int64_t batch, int64_t hidden) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (row >= batch) return;
-  scalar_t* code_row = code + row * hidden;
+// Turns one row of z (B, H) per block into h in place and writes its penalty.
+// kVec elements per access (16 bytes where the rows allow it): several
+// loads in flight per thread keep HBM busy. The row's penalty is each
+// thread's sum, then block_sum's fixed order: deterministic.
+template <Activation A, typename scalar_t, typename acc_t, int kVec>
+__global__ void __launch_bounds__(kActivateThreads)
+    activate_kernel(scalar_t* __restrict__ code, const acc_t* __restrict__ row_norms_sq,
+                    acc_t* __restrict__ penalty, int64_t hidden) {
+  using Packed = Pack<scalar_t, kVec>;
+  Packed* row = reinterpret_cast<Packed*>(code + static_cast<int64_t>(blockIdx.x) * hidden);
   acc_t sum = 0;
-  for (int64_t j = lane; j < hidden; j += kWarpSize) {
-    const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(static_cast<acc_t>(code_row[j]));
-    code_row[j] = static_cast<scalar_t>(value.code);
-    sum += penalty_term(value.slope, row_norms_sq[j]);
+  for (int64_t pack = threadIdx.x; pack < hidden / kVec; pack += kActivateThreads) {
+    Packed values = row[pack];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(static_cast<acc_t>(values.values[i]));
+      values.values[i] = static_cast<scalar_t>(value.code);
+      sum += penalty_term(value.slope, row_norms_sq[pack * kVec + i]);
+    }
+    row[pack] = values;
   }
-  sum = warp_sum(sum);
-  if (lane == 0) penalty[row] = sum;
+  sum = block_sum<kActivateThreads / kWarpSize>(sum);
+  if (threadIdx.x == 0) penalty[blockIdx.x] = sum;
 }
 
-// dz for a chunk of rows and kUnitsPerBlock hidden units (one per thread, so
-// loads and stores are coalesced along H), plus the chunk's per-unit sums
-// partials[chunk] = (Σ dz, Σ g_p φ'²).
-template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
+// dz for a chunk of rows and kVec consecutive hidden units per thread (16-byte
+// accesses where the rows allow it, coalesced along H), plus the chunk's
+// per-unit sums partials[chunk] = (Σ dz, Σ g_p φ'²), rows added in order.
+template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t, int kVec>
 __global__ void grad_preact_kernel(const scalar_t* __restrict__ grad_code,
                                    const acc_t* __restrict__ grad_penalty, int64_t grad_penalty_stride,
                                    const scalar_t* __restrict__ code,
                                    const acc_t* __restrict__ row_norms_sq,
                                    scalar_t* __restrict__ grad_preact, acc_t* __restrict__ partials,
                                    int64_t batch, int64_t hidden, int64_t chunk_rows) {
-  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kUnitsPerBlock + threadIdx.x;
+  using Packed = Pack<scalar_t, kVec>;
+  const int64_t pack = static_cast<int64_t>(blockIdx.x) * kUnitsPerBlock + threadIdx.x;
   const int64_t chunk = blockIdx.y;
-  if (unit >= hidden) return;
-  const acc_t norm = row_norms_sq[unit];
-  const int64_t row_end = min(batch, (chunk + 1) * chunk_rows);
-  acc_t grad_bias_sum = 0;
-  acc_t row_scale_sum = 0;
-  for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
-    const int64_t index = row * hidden + unit;
-    const acc_t h = static_cast<acc_t>(code[index]);
-    const acc_t slope = ActivationMath<A>::slope_from_code(h);
-    const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[index]) : acc_t(0);
-    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[row * grad_penalty_stride] : acc_t(0);
-    const acc_t value = grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, slope, norm);
-    grad_preact[index] = static_cast<scalar_t>(value);
-    grad_bias_sum += value;
-    row_scale_sum += grad_penalty_b * slope * slope;
+  if (pack >= hidden / kVec) return;
+  const int64_t first_unit = pack * kVec;
+  acc_t norm[kVec], grad_bias_sum[kVec], row_scale_sum[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    norm[i] = row_norms_sq[first_unit + i];
+    grad_bias_sum[i] = 0;
+    row_scale_sum[i] = 0;
   }
-  partials[(chunk * 2) * hidden + unit] = grad_bias_sum;
-  partials[(chunk * 2 + 1) * hidden + unit] = row_scale_sum;
+  const int64_t packs_per_row = hidden / kVec;
+  const int64_t row_end = min(batch, (chunk + 1) * chunk_rows);
+  for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
+    const int64_t index = row * packs_per_row + pack;
+    const Packed h = reinterpret_cast<const Packed*>(code)[index];
+    Packed grad_code_bj;
+    if constexpr (kHasGradCode) grad_code_bj = reinterpret_cast<const Packed*>(grad_code)[index];
+    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[row * grad_penalty_stride] : acc_t(0);
+    Packed out;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const acc_t code_value = static_cast<acc_t>(h.values[i]);
+      const acc_t slope = ActivationMath<A>::slope_from_code(code_value);
+      const acc_t upstream = kHasGradCode ? static_cast<acc_t>(grad_code_bj.values[i]) : acc_t(0);
+      const acc_t value = grad_preactivation<A>(upstream, grad_penalty_b, code_value, slope, norm[i]);
+      out.values[i] = static_cast<scalar_t>(value);
+      grad_bias_sum[i] += value;
+      row_scale_sum[i] += grad_penalty_b * slope * slope;
+    }
+    reinterpret_cast<Packed*>(grad_preact)[index] = out;
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    partials[(chunk * 2) * hidden + first_unit + i] = grad_bias_sum[i];
+    partials[(chunk * 2 + 1) * hidden + first_unit + i] = row_scale_sum[i];
+  }
+}
+
+// Calls fn(std::integral_constant<int, kVec>{}) with the widest pack (16 bytes)
+// that every row of these (rows, hidden) tensors allows, else 1.
+template <typename scalar_t, typename Fn>
+void dispatch_vector_width(int64_t hidden, std::initializer_list<const void*> tensors, Fn&& fn) {
+  constexpr int kWide = vector_width<scalar_t>();
+  bool wide = kWide > 1;
+  for (const void* data : tensors) {
+    wide = wide && (data == nullptr || packs_fit(data, hidden, kWide, sizeof(scalar_t)));
+  }
+  if (wide) {
+    fn(std::integral_constant<int, kWide>{});
+  } else {
+    fn(std::integral_constant<int, 1>{});
+  }
 }
 
 at::Tensor row_norms_sq_cuda(const at::Tensor& weight) {
@@ -138,11 +183,13 @@ EncodeForwardResult encode_forward_cuda(const at::Tensor& x, const at::Tensor& w
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
-      activate_kernel<A, scalar_t, acc_t>
-          <<<blocks_for(batch, kWarpsPerBlock), kWarpsPerBlock * kWarpSize, 0, at::cuda::getCurrentCUDAStream()>>>(
-              code.mutable_data_ptr<scalar_t>(), row_norms_sq.const_data_ptr<acc_t>(),
-              penalty.mutable_data_ptr<acc_t>(), batch, hidden);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_vector_width<scalar_t>(hidden, {code.const_data_ptr()}, [&](auto vec) {
+        constexpr int kVec = decltype(vec)::value;
+        activate_kernel<A, scalar_t, acc_t, kVec><<<batch, kActivateThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            code.mutable_data_ptr<scalar_t>(), row_norms_sq.const_data_ptr<acc_t>(),
+            penalty.mutable_data_ptr<acc_t>(), hidden);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   return {code, penalty, row_norms_sq};
@@ -161,22 +208,28 @@ EncodeBackwardResult encode_backward_cuda(const c10::optional<at::Tensor>& grad_
   if (state.batch > 0 && state.hidden > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "encode_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const dim3 grid(blocks_for(state.hidden, kUnitsPerBlock), state.num_chunks);
       const bool has_grad_code = state.grad_code.defined();
       const bool has_grad_penalty = state.grad_penalty.defined();
       const acc_t* grad_penalty_data = has_grad_penalty ? state.grad_penalty.const_data_ptr<acc_t>() : nullptr;
       const int64_t grad_penalty_stride = has_grad_penalty ? state.grad_penalty.stride(0) : 0;
+      const void* grad_code_data = has_grad_code ? state.grad_code.const_data_ptr() : nullptr;
+      const std::initializer_list<const void*> rows = {state.code.const_data_ptr(), grad_code_data,
+                                                        state.grad_preact.const_data_ptr()};
       dispatch_activation(activation, [&](auto act) {
         constexpr Activation A = decltype(act)::value;
         dispatch_bool(has_grad_code, [&](auto has_grad_code_tag) {
           constexpr bool kHasGradCode = decltype(has_grad_code_tag)::value;
-          grad_preact_kernel<A, kHasGradCode, scalar_t, acc_t>
-              <<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-                  kHasGradCode ? state.grad_code.const_data_ptr<scalar_t>() : nullptr, grad_penalty_data,
-                  grad_penalty_stride, state.code.const_data_ptr<scalar_t>(),
-                  state.row_norms_sq.const_data_ptr<acc_t>(), state.grad_preact.mutable_data_ptr<scalar_t>(),
-                  state.partials.mutable_data_ptr<acc_t>(), state.batch, state.hidden, state.chunk_rows);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          dispatch_vector_width<scalar_t>(state.hidden, rows, [&](auto vec) {
+            constexpr int kVec = decltype(vec)::value;
+            const dim3 grid(blocks_for(state.hidden / kVec, kUnitsPerBlock), state.num_chunks);
+            grad_preact_kernel<A, kHasGradCode, scalar_t, acc_t, kVec>
+                <<<grid, kUnitsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+                    kHasGradCode ? state.grad_code.const_data_ptr<scalar_t>() : nullptr, grad_penalty_data,
+                    grad_penalty_stride, state.code.const_data_ptr<scalar_t>(),
+                    state.row_norms_sq.const_data_ptr<acc_t>(), state.grad_preact.mutable_data_ptr<scalar_t>(),
+                    state.partials.mutable_data_ptr<acc_t>(), state.batch, state.hidden, state.chunk_rows);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
       });
     });
