@@ -46,7 +46,7 @@ ROW_NORMS_CONFIG = (
     _config(4, 1, BLOCK_R=16, BLOCK_D=16) if INTERPRETED else _config(4, 1, BLOCK_R=32, BLOCK_D=128)
 )
 GRAD_PREACT_CONFIG = (
-    _config(1, 1, BLOCK_B=16, BLOCK_H=16) if INTERPRETED else _config(4, 1, BLOCK_B=16, BLOCK_H=128)
+    _config(1, 1, BLOCK_B=16, BLOCK_H=16) if INTERPRETED else _config(4, 1, BLOCK_B=4, BLOCK_H=256)
 )
 HESSIAN_CONFIG = (
     _config(1, 1, BLOCK_B=16, BLOCK_H=16) if INTERPRETED else _config(8, 1, BLOCK_B=8, BLOCK_H=128)
@@ -77,6 +77,11 @@ def _shared_memory_bytes() -> int:
         return 160 * 1024
 
 
+# float64 (a correctness path) gets a tile of its own: 64 × 128 float64
+# accumulators spill in the epilogue of sigmoid, tanh and softplus.
+FLOAT64_FORWARD_CONFIG = _config(8, 2, BLOCK_B=32, GROUP_B=8)
+
+
 def forward_configs() -> list[triton.Config]:
     """Tiles of z = x Wᵀ: BLOCK_B rows of x (BLOCK_H and BLOCK_K are set per call)."""
     if INTERPRETED:
@@ -91,7 +96,7 @@ def forward_configs() -> list[triton.Config]:
         _config(8, 2, BLOCK_B=64, GROUP_B=8),
         _config(8, 3, BLOCK_B=64, GROUP_B=4),
     ]
-    return configs if AUTOTUNE else configs[:1]
+    return (configs if AUTOTUNE else configs[:1]) + [FLOAT64_FORWARD_CONFIG]
 
 
 def forward_block_k(element_size: int) -> int:
@@ -99,7 +104,7 @@ def forward_block_k(element_size: int) -> int:
 
 
 def forward_prune(configs, named_args, **kwargs):
-    """Keep the configs whose pipelined x and W tiles fit shared memory:
+    """Keep the configs of the input dtype (float64 has its own) whose pipelined x and W tiles fit shared memory:
     num_stages · element size · (BLOCK_B + BLOCK_H) · BLOCK_K bytes (what Triton
     allocates; scripts/compile_triton.py checks it)."""
     element_size = (
@@ -108,12 +113,13 @@ def forward_prune(configs, named_args, **kwargs):
     block_h = forward_block_h(named_args["H"])
     block_k = forward_block_k(element_size)
     budget = _shared_memory_bytes()
+    for_dtype = [c for c in configs if (c is FLOAT64_FORWARD_CONFIG) == (element_size == 8)] or configs
     fitting = [
         c
-        for c in configs
+        for c in for_dtype
         if c.num_stages * element_size * (c.kwargs["BLOCK_B"] + block_h) * block_k <= budget
     ]
-    return fitting or configs[:1]
+    return fitting or for_dtype[:1]
 
 
 # Pruners by kernel name, for scripts/compile_triton.py.

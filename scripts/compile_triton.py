@@ -314,10 +314,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[90])
     parser.add_argument("--mode", choices=["shipped", "representative"], default="shipped")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--kernels", nargs="+", help="only these kernels (default: all)")
     parser.add_argument("--quiet", action="store_true", help="print only the problems and the summary")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    work = [(v, arch) for arch in args.arch for v in variants(args.mode, arch)]
+    work = [
+        (v, arch)
+        for arch in args.arch
+        for v in variants(args.mode, arch)
+        if args.kernels is None or v.kernel in args.kernels
+    ]
     failures = 0
     with tempfile.TemporaryDirectory() as cache_dir:
         with ProcessPoolExecutor(args.jobs, initializer=_worker_init, initargs=(cache_dir,)) as pool:
