@@ -417,7 +417,7 @@ def measure_setting(
         report.line(f"== {label} (float32 matmuls: {precision}) ==", kind="problem", problem=label)
         problem = Problem.make(setting.shape, setting.dtype, device)
         fastcae_names = [f"fastcae-{b}" for b in ["auto", *fused]]
-        names = [FLOOR, "torch", *(["torch.compile"] if compile_ else []), *fastcae_names]
+        names = setting_methods(fused, compile_)
         for mode in ("forward", "train"):
             before = _autotune.choices()
             runs = warm_up(problem, mode, names, report, label)
@@ -505,21 +505,29 @@ def run_gpu_goals(args: argparse.Namespace, device: torch.device, report: Report
         measure_setting(setting, device, fused, args.rounds, report, not args.no_compile)
 
 
+def setting_methods(fused: list[str], compile_: bool) -> list[str]:
+    """The methods timed at each setting of the GPU goals."""
+    fastcae_names = [f"fastcae-{b}" for b in ["auto", *fused]]
+    return [FLOOR, "torch", *(["torch.compile"] if compile_ else []), *fastcae_names]
+
+
 def warm_gpu_goals(args: argparse.Namespace, device: torch.device) -> None:
-    """Only the warm-up calls of every problem (fills the Triton and Inductor caches on disk)."""
+    """Only the warm-up calls, in the order run_gpu_goals makes them, so torch.compile sees the
+    same sequence of shapes and dtypes (same recompiles, same automatic-dynamic choices) and the
+    Triton and Inductor caches on disk hold what the timed run will ask for."""
     fused = fused_backends(device, args.backends)
     report = Report()
-    problems = [Setting(gpu_shapes()[3], torch.float32), *gpu_settings()]
-    for setting in problems:
+    _, _, _, tiny = gpu_shapes()
+    host = Problem.make(tiny, torch.float32, device)
+    warm_up(
+        host, "forward", [*(f"fastcae-{b}" for b in ["auto", *fused]), FLOOR], report, "host", check=False
+    )
+    for setting in gpu_settings():
         with matmul_precision(setting.tf32):
             problem = Problem.make(setting.shape, setting.dtype, device)
-            names = [
-                FLOOR,
-                *(["torch.compile"] if not args.no_compile else []),
-                *(f"fastcae-{b}" for b in ["auto", *fused]),
-            ]
             report.line(f"warm {setting.label}", kind="problem")
             for mode in ("forward", "train"):
+                names = setting_methods(fused, not args.no_compile)
                 warm_up(problem, mode, names, report, setting.label, check=False)
             del problem
 

@@ -70,3 +70,10 @@ def test_gpu_goals_run_on_the_cpu_backend(tmp_path, capsys):
     assert written[-1]["kind"] == "done"
     # printed as measured, one line per record
     assert capsys.readouterr().out.splitlines() == [r["line"] for r in written]
+
+
+def test_warm_only_calls_every_setting_and_times_nothing(capsys):
+    targets.main(["--device", "cpu", "--warm-only", "--no-compile", "--backends", "cpu"])
+    printed = capsys.readouterr().out
+    assert printed.count("warm ") == len(targets.gpu_settings())
+    assert "TARGET" not in printed and "medians" not in printed and "FAILED" not in printed
