@@ -297,8 +297,9 @@ AUTOTUNE_THREADS = textwrap.dedent(
 @gpu_test
 def test_triton_autotune_from_two_threads():
     """FASTCAE_TRITON_AUTOTUNE is read when fastcae.kernels is imported, so this runs in a
-    fresh process with autotuning on: two threads autotune (forward and backward) at the same
-    time on shapes of their own; results must match float64 and not change between calls."""
+    fresh process with autotuning on: two threads reach the autotuner at the same time on shapes
+    of their own (forward and backward run); results must match float64 and not change between
+    calls."""
     require_backend("triton", torch.float32)
     env = dict(os.environ, FASTCAE_TRITON_AUTOTUNE="1", PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)

@@ -95,9 +95,9 @@ def test_a_phase_over_its_budget_is_killed_and_the_next_one_runs(tmp_path):
         "bench",
     ]
     for name in ("env", "build", "triton-tests", "backends", "cuda-tests"):
-        assert " ok " in lines[name], lines[name]
-    assert "KILLED" in lines["targets"] and "KILLED" in lines["sanitizer"]
-    assert "SKIPPED" in lines["bench"] and "left" in lines["bench"]
+        assert " ok " in lines[name], summary
+    assert "KILLED" in lines["targets"] and "KILLED" in lines["sanitizer"], summary
+    assert "SKIPPED" in lines["bench"] and "left" in lines["bench"], summary
     assert "results in the log: passed 1" in summary
     assert summary.rstrip().splitlines()[-1].startswith("== done at t=")
     files = sorted(p.name for p in out.iterdir())
@@ -113,7 +113,7 @@ def test_a_failed_build_skips_the_cuda_phases_only(tmp_path):
     assert " ok " in lines["triton-tests"]
     assert "SKIPPED" in lines["cuda-tests"] and "build failed" in lines["cuda-tests"]
     for name in ("targets", "sanitizer", "bench"):
-        assert " ok " in lines[name], lines[name]
+        assert " ok " in lines[name], summary
     assert "nvcc error" in (out / "build.log").read_text()
     assert "ATTENTION: build" in summary.splitlines()[-1]
     assert done.returncode == 1
