@@ -3,7 +3,7 @@
 #
 #   make bench      the benchmark suite (the project's main job)
 #   make test       lint + the test suite + a quick benchmark smoke run
-#   make gpu-check  on a GPU machine with no network: build, test, benchmark
+#   make gpu-check  on a GPU machine with no network: build, GPU tests, targets, sanitizer (8 min)
 #
 # Variables: PYTHON (interpreter that creates the venv), VENV, TORCH_SPEC.
 
@@ -48,9 +48,10 @@ bench: install
 	FASTCAE_BENCH_OUT=$(BENCH_OUT) $(PY) -m pytest benchmarks -p no:cacheprovider
 	$(PY) -m benchmarks.targets --device $$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')") --out-dir $(BENCH_OUT)
 
-# OUT=folder for the results (the script installs into the current Python, no venv).
+# OUT=folder for the results. Runs in $(PYTHON) as it is (no venv, nothing installed); see
+# DEVELOPERS.md, "The GPU check". `python3 scripts/gpu_check.py --plan` shows its phases.
 gpu-check:
-	bash scripts/gpu_check.sh $(OUT)
+	$(PYTHON) scripts/gpu_check.py --out $(OUT)
 
 clean:
 	rm -rf build fastcae/_C*.so $(BUILD_STAMP)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fastcae
+from fastcae._timing import time_call
 from fastcae.ops.reference import encode_torch
 
 LAMBDA = 0.1
@@ -205,7 +205,7 @@ def _encode_method(encode: EncodeFn) -> Callable[[Problem, str], Callable[[], tu
 
 
 def _fastcae_backend(name: str) -> EncodeFn:
-    def encode(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
         return fastcae.encode(x, weight, bias, activation=ACTIVATION, backend=name)
 
     return encode
@@ -213,6 +213,8 @@ def _fastcae_backend(name: str) -> EncodeFn:
 
 def _fastcae_unavailable(name: str) -> Callable[[torch.device, torch.dtype], str | None]:
     def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+        if name == "auto":  # runs everywhere: the best fused backend, else "torch"
+            return None
         reason = fastcae.backends().get(name, f"fastcae has no backend {name!r}")
         if reason is not None:
             return reason
@@ -221,9 +223,22 @@ def _fastcae_unavailable(name: str) -> Callable[[torch.device, torch.dtype], str
         backend = BACKENDS[name]
         if backend.device_types is not None and device.type not in backend.device_types:
             return f"runs on {'/'.join(sorted(backend.device_types))} tensors only"
+        if dtype not in backend.dtypes:
+            return f"does not take {str(dtype).removeprefix('torch.')} here"
         return None
 
     return unavailable
+
+
+def fastcae_method(name: str) -> Method:
+    """The method that runs ``fastcae.encode(..., backend=name)`` ("auto" included)."""
+    return Method(
+        f"fastcae-{name}",
+        f'fastcae backend="{name}"',
+        "fastcae",
+        _fastcae_unavailable(name),
+        _encode_method(_fastcae_backend(name)),
+    )
 
 
 _COMPILE_PROBE: dict[str, str | None] = {}
@@ -323,24 +338,11 @@ METHODS: list[Method] = [
         _runs_anywhere,
         _build_floor,
     ),
-    *(
-        Method(
-            f"fastcae-{name}",
-            f'fastcae backend="{name}"',
-            "fastcae",
-            _fastcae_unavailable(name),
-            _encode_method(_fastcae_backend(name)),
-        )
-        for name in ("cpu", "triton", "cuda")
-    ),
+    *(fastcae_method(name) for name in ("cpu", "triton", "cuda")),
 ]
 METHOD_NAMES = [m.name for m in METHODS]
+METHODS_BY_NAME = {m.name: m for m in METHODS}
 MODES = ["forward", "train"]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def naive_budget_skip(
@@ -369,11 +371,7 @@ def naive_budget_skip(
     probe = Problem.make(Shape(probe_batch, shape.in_features, shape.hidden), problem.dtype, problem.device)
     run = method.build(probe, mode)
     run()
-    synchronize(problem.device)
-    start = time.perf_counter()
-    run()
-    synchronize(problem.device)
-    per_sample = (time.perf_counter() - start) / probe_batch
+    per_sample = time_call(run, problem.device) / probe_batch
     predicted = 2 * per_sample * shape.batch
     if predicted > budget_s:
         return (

@@ -20,6 +20,7 @@ import torch
 from benchmarks.cases import QUICK
 from benchmarks.measure import device_name, device_slug
 from benchmarks.report import Record, markdown, plot, text_table
+from fastcae._precision import cuda_fp32_uses_tf32
 
 RECORDS: list[Record] = []
 
@@ -63,7 +64,7 @@ def run_header() -> str:
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     precision = ""
     if device.type == "cuda":
-        precision = f", float32 matmul precision {torch.get_float32_matmul_precision()!r}"
+        precision = f", float32 matmuls in {'TF32' if cuda_fp32_uses_tf32() else 'IEEE float32'}"
     return (
         f"## {device_name(device)}{' (quick grid)' if QUICK else ''}\n\n"
         f"Measured {when} with torch {torch.__version__}{precision}; activation sigmoid, λ = 0.1. "

@@ -11,7 +11,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from benchmarks.cases import Problem, encoder_floor, plain_autoencoder_step, synchronize, train_step
+from benchmarks.cases import Problem, encoder_floor, plain_autoencoder_step, train_step
+from fastcae._precision import cuda_fp32_uses_tf32
+from fastcae._timing import synchronize
 from fastcae.ops.reference import encode_torch
 
 # Relative error allowed by the gate before a method is timed (norm-wise:
@@ -22,7 +24,7 @@ GATE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 3e-2, torch.fl
 
 
 def gate_tolerance(dtype: torch.dtype, device: torch.device) -> float:
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and device.type == "cuda" and cuda_fp32_uses_tf32():
         return 2e-3
     return GATE[dtype]
 

@@ -23,11 +23,11 @@ from benchmarks.cases import (
     dtype_grid,
     naive_budget_skip,
     shape_grid,
-    synchronize,
 )
 from benchmarks.conftest import RECORDS, bench_device, progress
 from benchmarks.measure import gate_tolerance, peak_extra_memory, reference_result, relative_error
 from benchmarks.report import Record
+from fastcae._timing import synchronize
 
 DEVICE = bench_device()
 # Seconds of timed calls per benchmark (fewer rounds for slow methods).

@@ -21,7 +21,8 @@ PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_che
 
 
 def _examples(backend: str) -> int:
-    return 12 if backend == "triton" and interpreter_enabled() else 60
+    """Examples per backend, capped by the active hypothesis profile (the GPU check loads "gpu-check")."""
+    return min(12 if backend == "triton" and interpreter_enabled() else 60, settings().max_examples)
 
 
 @st.composite
