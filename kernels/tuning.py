@@ -104,9 +104,10 @@ def forward_block_k(element_size: int) -> int:
 
 
 def forward_prune(configs, named_args, **kwargs):
-    """Keep the configs of the input dtype (float64 has its own) whose pipelined x and W tiles fit shared memory:
-    num_stages · element size · (BLOCK_B + BLOCK_H) · BLOCK_K bytes (what Triton
-    allocates; scripts/compile_triton.py checks it)."""
+    """Keep the configs of the input dtype (float64 has its own) whose pipelined
+    x and W tiles fit shared memory: num_stages · element size · (BLOCK_B +
+    BLOCK_H) · BLOCK_K bytes (what Triton allocates; scripts/compile_triton.py
+    checks it)."""
     element_size = (
         named_args["element_size"] if "element_size" in named_args else named_args["x_ptr"].element_size()
     )
