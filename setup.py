@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import setuptools
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
@@ -144,9 +145,22 @@ extension = extension_type(
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
 )
 
+# pyproject.toml lists the license as dynamic: `project.license = "MIT"` (an SPDX
+# expression) needs setuptools >= 77, and the older table form warns from 77 on.
+# setuptools >= 77 writes the expression (License-Expression), older ones the
+# free-text License field. LICENSE is picked up as the license file by both.
+if int(setuptools.__version__.split(".")[0]) >= 77:
+    license_metadata = {"license_expression": "MIT"}
+else:
+    license_metadata = {"license": "MIT"}
+
 setup(
+    **license_metadata,
     packages=["fastcae", "fastcae.ops", "fastcae.kernels"],
     package_dir={"fastcae": "fastcae", "fastcae.kernels": "kernels"},
     ext_modules=[extension],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    # BuildExtension uses ninja by default. Not BuildExtension.with_options(use_ninja=True):
+    # setuptools 77.0.3 rejects the keyword ("Command.__init__() got an unexpected
+    # keyword argument 'use_ninja'", pypa/setuptools#4908).
+    cmdclass={"build_ext": BuildExtension},
 )

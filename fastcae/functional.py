@@ -81,9 +81,17 @@ def encode(
         return EncoderOutput(*run(x, weight, bias, activation))
 
 
+@torch.compiler.assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    """Whether ``device_type`` has autocast at all (``torch.is_autocast_enabled``
+    raises for those that do not). A constant to Dynamo: torch 2.11 cannot trace
+    ``torch._C._is_autocast_available`` (2.14 can) and would break the graph here."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The autocast dtype of ``device_type`` while autocast is on there, else None."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if _autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 

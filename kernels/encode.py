@@ -128,8 +128,6 @@ def _encode_forward_kernel(
     w_rows = weight_ptr + tl.multiple_of(offs_h[:, None].to(tl.int64) * stride_wh, [ROW_ALIGN, 1])
 
     preact = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_dtype)
-    # range(0, D, BLOCK_K) rather than over tl.cdiv(D, BLOCK_K): the Triton 3.6 interpreter
-    # cannot iterate over a tl.cdiv result; compiled Triton lowers both alike.
     for k0 in range(0, D, BLOCK_K):
         cols = (k0 + offs_k)[None, :]
         mask_k = cols < D

@@ -28,6 +28,37 @@ from .._environment import triton_autotune_enabled, triton_interpreter_enabled
 INTERPRETED = triton_interpreter_enabled()
 AUTOTUNE = triton_autotune_enabled()
 
+
+def _squeeze_interpreter_index() -> None:
+    """Let the interpreter of Triton 3.6 run loops over runtime bounds under NumPy >= 2.4.
+
+    The interpreter holds a scalar kernel argument (B, D, H) as an array of
+    shape (1,), and Triton 3.6's ``tensor.__index__`` is ``int(array)``, which
+    NumPy 2.4+ refuses ("only 0-dimensional arrays can be converted to Python
+    scalars"). So every ``range(0, D, BLOCK)`` (or ``range(tl.cdiv(D, BLOCK))``,
+    or ``tl.range``) fails there, whatever its form. Triton 3.8 squeezes the
+    array first; this applies the same one-line change to older interpreters.
+    Compiled kernels are untouched: only the interpreter reads ``__index__``.
+    """
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "squeezes_index", False):
+        return
+
+    def patch_tensor_squeezing_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_tensor_squeezing_index.squeezes_index = True
+    interpreter._patch_lang_tensor = patch_tensor_squeezing_index
+
+
+if INTERPRETED:
+    _squeeze_interpreter_index()
+
 # Width (hidden units) of one forward tile. It is not autotuned: the launcher
 # sizes the per-tile penalty buffer (B, cdiv(H, BLOCK_H)) with it, and the
 # penalty's summation order follows it.

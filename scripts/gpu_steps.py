@@ -70,7 +70,7 @@ def ninja_available() -> bool:
 
 
 def env_report() -> int:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     print(f"date: {now}; host {platform.node()}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM")
     print(f"git commit: {_output(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'])}")
