@@ -2,6 +2,7 @@
 
 h, p = fastcae.encode(x, W, b)              # code (B, H) and ‖∂h/∂x‖²_F per sample (B,)
 loss = recon_loss + lam * fastcae.penalty(x, W, b)
+h, p = fastcae.encode_conv2d(x, K, b, stride=2, padding=1)  # a Conv2d layer, exact, O(output)
 
 The submodules ``fastcae.nn``, ``fastcae.data``, ``fastcae.train``,
 ``fastcae.plots`` and ``fastcae.cli`` are imported on first access (PEP 562),
@@ -11,6 +12,7 @@ so ``import fastcae`` does not load their dependencies.
 import importlib
 
 from .activations import ACTIVATION_NAMES
+from .conv import encode_conv2d, penalty_conv2d
 from .dispatch import BackendUnavailableError, backends
 from .functional import EncoderOutput, encode, penalty, penalty_hessian
 from .geometry import ContractionReport, Tangents, contraction_report, jacobian, tangents
@@ -40,8 +42,10 @@ __all__ = [
     "backends",
     "contraction_report",
     "encode",
+    "encode_conv2d",
     "jacobian",
     "penalty",
+    "penalty_conv2d",
     "penalty_hessian",
     "tangents",
 ]

@@ -120,3 +120,94 @@ def _check_like_x(name: str, tensor: Tensor, dtype: torch.dtype, device: torch.d
 
 def check_reduction(reduction: object) -> str:
     return check_choice("reduction", reduction, REDUCTIONS)
+
+
+def check_pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each ≥ minimum, as a pair (F.conv2d's convention)."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+    ):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum} in each dimension, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+CONV_PADDING_STRINGS: tuple[str, ...] = ("same", "valid")
+
+
+def check_conv2d_args(
+    x: object,
+    weight: object,
+    bias: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+    groups: object,
+    activation: object,
+) -> tuple[tuple[int, int], str | tuple[int, int], tuple[int, int]]:
+    """Validate a convolutional encoder layer h = φ(conv2d(x, K, b, ...)).
+
+    Expects x (B, C_in, H_in, W_in), weight K (C_out, C_in/groups, kH, kW), bias
+    (C_out,) or None, one floating dtype and device, the geometry as F.conv2d
+    takes it (padding "same" only with stride 1) and a kernel that fits the
+    padded input. Returns (stride, padding, dilation) normalized to pairs
+    (padding stays a string if given as one).
+    """
+    x = check_tensor("x", x)
+    weight = check_tensor("weight", weight)
+    if x.dim() != 4:
+        hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""
+        raise ValueError(f"x must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}{hint}")
+    if weight.dim() != 4:
+        raise ValueError(
+            "weight must be 4-D (out_channels, in_channels / groups, kernel_height, kernel_width), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    out_channels, group_channels = weight.shape[:2]
+    if x.shape[1] % groups or out_channels % groups:
+        raise ValueError(
+            f"groups = {groups} must divide both x's channels ({x.shape[1]}) and weight's out_channels "
+            f"({out_channels})"
+        )
+    if group_channels * groups != x.shape[1]:
+        raise ValueError(
+            f"x has {x.shape[1]} channels but weight (shape {tuple(weight.shape)}) with groups = {groups} "
+            f"expects {group_channels * groups}"
+        )
+    dtype, device = x.dtype, x.device
+    _check_like_x("weight", weight, dtype, device)
+    if bias is not None:
+        bias = check_tensor("bias", bias)
+        if bias.dim() != 1 or bias.shape[0] != out_channels:
+            raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
+        _check_like_x("bias", bias, dtype, device)
+    stride_pair = check_pair("stride", stride, minimum=1)
+    dilation_pair = check_pair("dilation", dilation, minimum=1)
+    if isinstance(padding, str):
+        check_choice("padding", padding, CONV_PADDING_STRINGS)
+        if padding == "same" and stride_pair != (1, 1):
+            raise ValueError(f'padding="same" needs stride 1, got stride={stride!r}')
+        padding_value: str | tuple[int, int] = padding
+        pads = (0, 0) if padding == "valid" else None
+    else:
+        padding_value = pads = check_pair("padding", padding, minimum=0)
+    check_choice("activation", activation, ACTIVATION_NAMES)
+    if pads is not None:
+        for axis, name in ((0, "height"), (1, "width")):
+            extent = dilation_pair[axis] * (weight.shape[2 + axis] - 1) + 1
+            padded = x.shape[2 + axis] + 2 * pads[axis]
+            if extent > padded:
+                raise ValueError(
+                    f"weight's kernel spans {extent} pixels in {name} (kernel {weight.shape[2 + axis]}, "
+                    f"dilation {dilation_pair[axis]}) but x's padded {name} is only {padded} "
+                    f"({x.shape[2 + axis]} + 2 × padding {pads[axis]})"
+                )
+    return stride_pair, padding_value, dilation_pair

@@ -46,11 +46,14 @@ def _argument(convert, check, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._validation import check_non_negative, check_positive, check_positive_int
+    from ._validation import check_int_in_range, check_non_negative, check_positive, check_positive_int
     from .activations import ACTIVATION_NAMES
     from .nn import DECODER_ACTIVATIONS
 
     _positive_int = _argument(int, check_positive_int, "positive integer")
+    _non_negative_int = _argument(
+        int, lambda name, v: check_int_in_range(name, v, 0, 2**31), "non-negative integer"
+    )
     _non_negative_float = _argument(float, check_non_negative, "non-negative number")
     _positive_float = _argument(float, check_positive, "positive number")
 
@@ -61,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a contractive autoencoder")
     train.add_argument("--dataset", default="digits", help="'digits', 'patches', or a .npy/.npz/IDX file")
-    train.add_argument("--hidden", type=_positive_int, default=256, help="hidden units H")
+    train.add_argument("--model", choices=("dense", "conv"), default="dense",
+                       help="dense CAE, or a conv CAE on the dataset's images (tied decoder)")  # fmt: skip
+    train.add_argument("--hidden", type=_positive_int, default=256, help="hidden units H (conv: channels)")
+    train.add_argument("--kernel", type=_positive_int, default=3, help="conv: kernel size")
+    train.add_argument("--stride", type=_positive_int, default=1, help="conv: stride")
+    train.add_argument("--padding", type=_non_negative_int, default=1, help="conv: zero padding")
     train.add_argument("--activation", choices=ACTIVATION_NAMES, default="sigmoid")
     train.add_argument("--decoder-activation", choices=DECODER_ACTIVATIONS, default="sigmoid")
     train.add_argument("--lambda", dest="contractive_weight", type=_non_negative_float, default=0.1,
@@ -132,7 +140,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         dataset=args.dataset,
+        model=args.model,
         hidden=args.hidden,
+        kernel=args.kernel,
+        stride=args.stride,
+        padding=args.padding,
         activation=args.activation,
         decoder_activation=args.decoder_activation,
         contractive_weight=args.contractive_weight,
@@ -190,6 +202,8 @@ def cmd_tangents(args: argparse.Namespace) -> int:
     from .plots import plot_tangents
 
     model, data, image_shape = _load(args.checkpoint)
+    if not hasattr(model.encoder, "weight"):
+        raise UsageError("fastcae tangents: error: tangents are drawn for dense models (--model dense) only")
     plot_tangents(model, data.x, image_shape, Path(args.out), samples=args.samples, k=args.k,
                   neighbors=args.neighbors)  # fmt: skip
     print(f"wrote {args.out}")
@@ -200,7 +214,12 @@ def cmd_filters(args: argparse.Namespace) -> int:
     from .plots import plot_filters
 
     model, _, image_shape = _load(args.checkpoint)
-    plot_filters(model.encoder.weight.detach(), image_shape, Path(args.out), count=args.count)
+    if hasattr(model.encoder, "weight"):
+        filters = model.encoder.weight.detach()
+    else:  # a conv model: its kernels (C_out, 1, k, k) as k × k images
+        kernels = model.model.encoder.weight.detach()
+        filters, image_shape = kernels.flatten(1), tuple(kernels.shape[2:])
+    plot_filters(filters, image_shape, Path(args.out), count=args.count)
     print(f"wrote {args.out}")
     return 0
 

@@ -127,9 +127,20 @@ def backends() -> dict[str, str | None]:
 
 
 def resolve_backend(
-    name: object, x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "sigmoid"
+    name: object,
+    x: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    activation: str = "sigmoid",
+    *,
+    timed: bool = True,
 ) -> str:
     """The name of the backend that runs for ``backend=name`` on these (validated) inputs.
+
+    "auto" times the fused candidates on the encoder layer (x, weight, bias)
+    when ``timed`` (fastcae/_autotune.py), else takes the first of them: the
+    ops whose fused part is one elementwise pass (the convolutional layer's
+    epilogue) do not need the timing.
 
     Raises:
         ValueError: unknown name, or a named backend that does not run on x's device.
@@ -141,6 +152,8 @@ def resolve_backend(
         candidates = [n for n in AUTO_PREFERENCE.get(x.device.type, ()) if BACKENDS[n].supports(x)]
         if not candidates:
             return "torch"
+        if not timed:
+            return candidates[0]
         return _autotune.choose(candidates, x, weight, bias, activation)
     backend = BACKENDS[name]
     reason = backend.unavailable_reason()

@@ -32,6 +32,7 @@ Batches are processed in chunks sized so that no intermediate holds more than
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -385,3 +386,37 @@ def _encoder_parameters(model_or_weights: object, activation: str | None) -> tup
     if own is not None and own != activation:
         raise ValueError(f"activation={activation!r} conflicts with the model's activation {own!r}")
     return weight, bias, activation
+
+
+def explicit_contraction_report(encoder: Callable[[Tensor], Tensor], x: Tensor) -> ContractionReport:
+    """:func:`contraction_report` for any encoder, from its explicit per-sample Jacobians.
+
+    ``encoder`` maps a batch (B, ...) to codes (B, ...) sample by sample (a
+    convolutional or a deep encoder); each J_b (U × D, flattened) is formed
+    with torch.func in x's dtype (pass a float64 copy of the model and x for
+    exact spectra) and its singular values taken directly, one sample at a
+    time: meant for a few held-out samples of small images.
+    """
+    check_tensor("x", x)
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one sample, got an empty batch")
+    samples = x.detach()
+
+    def code_of(sample: Tensor) -> Tensor:
+        return encoder(sample.unsqueeze(0))[0].flatten()
+
+    spectra, frobenius = [], []
+    with torch.no_grad():
+        for sample in samples:
+            jacobian = torch.func.jacrev(code_of)(sample).flatten(1).double()  # (U, D)
+            spectra.append(torch.linalg.svdvals(jacobian))
+            frobenius.append(jacobian.norm())
+    singular = torch.stack(spectra)  # (B, min(U, D)), descending
+    spectrum = singular.mean(dim=0).cpu()
+    return ContractionReport(
+        num_samples=samples.shape[0],
+        frobenius_mean=torch.stack(frobenius).mean().item(),
+        fraction_below_one=(singular < 1).double().mean().item(),
+        top_singular_values=tuple(spectrum[:5].tolist()),
+        spectrum=spectrum,
+    )

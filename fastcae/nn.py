@@ -10,6 +10,10 @@
 - :class:`StackedContractiveAutoencoder`: CAEs trained greedily layer by layer
   (each reconstructs the code of the one below and is contractive on its own),
   then optionally fine-tuned jointly.
+- :class:`ContractiveConv2d`: a convolutional encoder layer with its exact
+  penalty (:func:`fastcae.encode_conv2d`), laid out like ``nn.Conv2d``.
+- :class:`ConvContractiveAutoencoder`: a conv encoder with a tied
+  transposed-conv decoder (the same kernel), for images.
 
 Losses follow the CAE papers: the reconstruction error is summed over features
 and averaged over the batch, and the penalties are averaged over the batch:
@@ -27,8 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._precision import acc_dtype
-from ._validation import check_choice, check_non_negative, check_positive_int
+from ._validation import check_choice, check_non_negative, check_pair, check_positive_int
 from .activations import ACTIVATION_NAMES
+from .conv import encode_conv2d
 from .functional import encode, penalty_hessian
 
 DECODER_ACTIVATIONS: tuple[str, ...] = ("sigmoid", "identity")
@@ -214,6 +219,210 @@ class ContractiveAutoencoder(nn.Module):
             f"decoder_activation={self.decoder_activation!r}, tied={self.tied}, "
             f"contractive_weight={self.contractive_weight}, hessian_weight={self.hessian_weight}"
         )
+
+
+class ContractiveConv2d(nn.Module):
+    """A convolutional encoder layer h = φ(conv2d(x, K, b)) with its exact contractive penalty.
+
+    Parameters are laid out like ``nn.Conv2d``'s (``weight`` (C_out, C_in / groups,
+    kH, kW), ``bias`` (C_out,)) and initialized the same way, so
+    ``load_state_dict`` from an ``nn.Conv2d`` works.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation,
+        groups, bias: as in ``nn.Conv2d`` (padding: int, pair, "same" or "valid").
+        padding_mode: "zeros" only. With "reflect", "replicate" or "circular"
+            padding an input pixel can feed one output unit through several
+            taps, so the unit's Jacobian row sums those taps before squaring and
+            the penalty is no longer Σ φ'² N: rejected rather than computed wrongly.
+        activation: φ, one of fastcae.ACTIVATION_NAMES.
+        backend: passed to :func:`fastcae.encode_conv2d`.
+
+    Shapes: ``forward(x)`` takes x (B, C_in, H_in, W_in) and returns
+    ``EncoderOutput(code (B, C_out, H_out, W_out), penalty (B,))``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        activation: str = "sigmoid",
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.groups = check_positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups = {groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})"
+            )
+        if padding_mode != "zeros":
+            check_choice("padding_mode", padding_mode, ("zeros", "reflect", "replicate", "circular"))
+            raise ValueError(
+                f"padding_mode={padding_mode!r} is not supported: a padded pixel that repeats an input "
+                "pixel makes that pixel feed a unit through several taps, which the penalty's closed "
+                'form does not count; use padding_mode="zeros"'
+            )
+        self.kernel_size = check_pair("kernel_size", kernel_size, minimum=1)
+        self.stride = check_pair("stride", stride, minimum=1)
+        self.dilation = check_pair("dilation", dilation, minimum=1)
+        if isinstance(padding, str):
+            self.padding: tuple[int, int] | str = check_choice("padding", padding, ("same", "valid"))
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f'padding="same" needs stride 1, got stride={stride!r}')
+        else:
+            self.padding = check_pair("padding", padding, minimum=0)
+        self.padding_mode = padding_mode
+        self.activation = check_choice("activation", activation, ACTIVATION_NAMES)
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Conv2d's initialization: Kaiming-uniform weight, uniform bias in ±1/√fan_in."""
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / fan_in**0.5 if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor):
+        return encode_conv2d(
+            x,
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            activation=self.activation,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias is not None}, activation={self.activation!r}, backend={self.backend!r}"
+        )
+
+
+class ConvContractiveAutoencoder(nn.Module):
+    """A convolutional CAE: h = φ(conv2d(x, K, b)), r = ψ(conv_transpose2d(h, K, c)).
+
+    The decoder is the encoder's transposed convolution with the same kernel K
+    (tied, as the dense CAE ties W): an untied decoder lets the encoder shrink
+    K by ε and the decoder grow by 1/ε, driving the penalty to 0 without
+    learning contraction. The decoder's output size is matched to the input's
+    (output_padding is computed per call).
+
+    Args:
+        in_channels, hidden_channels, kernel_size, stride, padding, dilation,
+        groups, bias, activation, backend: the encoder, as in :class:`ContractiveConv2d`
+            (padding as ints: the transposed convolution needs a symmetric one).
+        decoder_activation: ψ, "sigmoid" (binary cross-entropy, inputs in [0, 1])
+            or "identity" (squared error).
+        contractive_weight: λ, the weight of the mean penalty ‖∂h/∂x‖²_F.
+
+    ``loss(x)`` with x (B, C_in, H, W) returns an :class:`AutoencoderLoss` like
+    :class:`ContractiveAutoencoder`'s: the reconstruction error summed over
+    pixels and averaged over the batch, plus λ times the mean penalty.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        activation: str = "sigmoid",
+        decoder_activation: str = "sigmoid",
+        contractive_weight: float = 0.1,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(padding, str):
+            raise TypeError(f"padding must be an int or a pair of ints (symmetric), got {padding!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.encoder = ContractiveConv2d(
+            in_channels, hidden_channels, kernel_size, stride, padding, dilation, groups, bias,
+            activation=activation, backend=backend, **factory,
+        )  # fmt: skip
+        self.decoder_activation = check_choice("decoder_activation", decoder_activation, DECODER_ACTIVATIONS)
+        self.contractive_weight = check_non_negative("contractive_weight", contractive_weight)
+        self.decoder_bias = nn.Parameter(torch.zeros(in_channels, **factory))
+
+    def decoder_logits(self, code: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """conv_transpose2d(h, K, c) (B, C_in, H, W) for images of ``image_size``, before ψ."""
+        enc = self.encoder
+        output_padding = tuple(
+            size - ((code_size - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, code_size, s, p, d, k in zip(
+                image_size,
+                code.shape[2:],
+                enc.stride,
+                enc.padding,
+                enc.dilation,
+                enc.kernel_size,
+                strict=True,
+            )
+        )
+        return F.conv_transpose2d(
+            code,
+            enc.weight,
+            self.decoder_bias,
+            enc.stride,
+            enc.padding,
+            output_padding,
+            enc.groups,
+            enc.dilation,
+        )
+
+    def forward(self, x: Tensor) -> AutoencoderOutput:
+        code, penalty = self.encoder(x)
+        logits = self.decoder_logits(code, x.shape[2:])
+        reconstruction = torch.sigmoid(logits) if self.decoder_activation == "sigmoid" else logits
+        return AutoencoderOutput(reconstruction, code, penalty)
+
+    def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Per-sample reconstruction error summed over channels and pixels (B,), from the logits."""
+        if self.decoder_activation == "sigmoid":
+            errors = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
+        else:
+            errors = (logits - x).pow(2)
+        return errors.flatten(1).sum(dim=1)
+
+    def loss(self, x: Tensor) -> AutoencoderLoss:
+        """Reconstruction error + λ·mean penalty, with the parts."""
+        code, penalty = self.encoder(x)
+        reconstruction = self.reconstruction_error(self.decoder_logits(code, x.shape[2:]), x).mean()
+        contractive = penalty.mean()
+        total = reconstruction + self.contractive_weight * contractive
+        return AutoencoderLoss(total, reconstruction.detach(), contractive.detach(), total.new_zeros(()))
+
+    def extra_repr(self) -> str:
+        return f"decoder_activation={self.decoder_activation!r}, contractive_weight={self.contractive_weight}"
 
 
 Batches = Callable[[], Iterable[Tensor]]

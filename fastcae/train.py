@@ -17,6 +17,7 @@ Files written to ``out`` (rank 0):
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -27,12 +28,59 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_non_negative, check_positive, check_positive_int
+from ._validation import check_choice, check_non_negative, check_positive, check_positive_int
 from .data import Dataset, load_dataset, train_test_split
-from .geometry import contraction_report
-from .nn import ContractiveAutoencoder
+from .functional import EncoderOutput
+from .geometry import contraction_report, explicit_contraction_report
+from .nn import ContractiveAutoencoder, ConvContractiveAutoencoder
 
 CHECKPOINT_NAME = "checkpoint.pt"
+MODELS: tuple[str, ...] = ("dense", "conv")
+# Held-out samples whose full Jacobian spectrum the summary of a conv model reports.
+CONV_CONTRACTION_SAMPLES = 32
+
+
+class FlatImageAutoencoder(nn.Module):
+    """A :class:`ConvContractiveAutoencoder` on flattened images: x (B, D) with
+    D = h·w, seen as (B, 1, h, w). It has the dense model's interface
+    (``encoder(x)`` -> (code (B, U), penalty), ``decoder_logits(code)`` -> (B, D),
+    ``reconstruction_error``, ``loss``), so the training loop, its evaluation
+    and DDP treat both alike."""
+
+    def __init__(self, model: ConvContractiveAutoencoder, image_shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.image_shape = tuple(image_shape)
+        self.in_features = self.image_shape[0] * self.image_shape[1]
+        enc = model.encoder
+        out_size = tuple(
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(
+                self.image_shape, enc.padding, enc.dilation, enc.kernel_size, enc.stride, strict=True
+            )
+        )
+        self.code_shape = (enc.out_channels, *out_size)
+
+    def images(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], 1, *self.image_shape)
+
+    def encoder(self, x: Tensor) -> EncoderOutput:
+        code, penalty = self.model.encoder(self.images(x))
+        return EncoderOutput(code.flatten(1), penalty)
+
+    def decoder_logits(self, code: Tensor) -> Tensor:
+        codes = code.view(code.shape[0], *self.code_shape)
+        return self.model.decoder_logits(codes, self.image_shape).flatten(1)
+
+    def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
+        return self.model.reconstruction_error(logits, x)
+
+    def encoder_code(self, x: Tensor) -> Tensor:
+        """The code alone (B, U), for Jacobians of the encoder."""
+        return self.encoder(x)[0]
+
+    def loss(self, x: Tensor, *, generator: torch.Generator | None = None):
+        return self.model.loss(self.images(x))
 
 
 @dataclass
@@ -40,7 +88,11 @@ class TrainConfig:
     """Everything that defines a training run (the CLI's flags)."""
 
     dataset: str = "digits"
-    hidden: int = 256
+    model: str = "dense"  # "conv": a ConvContractiveAutoencoder on the dataset's images
+    hidden: int = 256  # hidden units (dense) or channels (conv)
+    kernel: int = 3  # conv only: kernel size, stride and zero padding
+    stride: int = 1
+    padding: int = 1
     activation: str = "sigmoid"
     decoder_activation: str = "sigmoid"
     contractive_weight: float = 0.1
@@ -57,7 +109,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field (the CLI turns it into a one-line error)."""
+        check_choice("--model", self.model, MODELS)
         check_positive_int("--hidden", self.hidden)
+        check_positive_int("--kernel", self.kernel)
+        check_positive_int("--stride", self.stride)
+        if isinstance(self.padding, bool) or not isinstance(self.padding, int) or self.padding < 0:
+            raise ValueError(f"--padding must be a non-negative integer, got {self.padding!r}")
+        if self.model == "conv" and not self.tied:
+            raise ValueError("--untied applies to --model dense only (the conv decoder is the tied kernel)")
+        if self.model == "conv" and self.hessian_weight > 0:
+            raise ValueError("--hessian-weight applies to --model dense only")
         check_positive_int("--epochs", self.epochs)
         check_positive_int("--batch-size", self.batch_size)
         check_non_negative("--lambda", self.contractive_weight)
@@ -167,7 +228,25 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     return float(classifier.score(scaler.transform(test_x.double().cpu().numpy()), test_y.cpu().numpy()))
 
 
-def build_model(config: TrainConfig, in_features: int, device: torch.device) -> ContractiveAutoencoder:
+def build_model(
+    config: TrainConfig, in_features: int, device: torch.device, image_shape: tuple[int, int] | None = None
+) -> ContractiveAutoencoder | FlatImageAutoencoder:
+    if config.model == "conv":
+        if image_shape is None:
+            raise ValueError(f"--model conv needs image data; dataset {config.dataset!r} has no image shape")
+        conv = ConvContractiveAutoencoder(
+            1,
+            config.hidden,
+            config.kernel,
+            config.stride,
+            config.padding,
+            activation=config.activation,
+            decoder_activation=config.decoder_activation,
+            contractive_weight=config.contractive_weight,
+            backend=config.backend,
+            device=device,
+        )
+        return FlatImageAutoencoder(conv, image_shape)
     return ContractiveAutoencoder(
         in_features,
         config.hidden,
@@ -191,7 +270,7 @@ def train(config: TrainConfig, *, progress: bool = True, data: Dataset | None = 
     test_x = test_set.x.to(dist.device)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = build_model(config, dataset.x.shape[1], dist.device)
+    model = build_model(config, dataset.x.shape[1], dist.device, dataset.image_shape)
     loss_module: nn.Module = _LossModule(model)
     if dist.world_size > 1:
         device_ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -256,9 +335,22 @@ def _progress_bar(total: int, epoch: int, epochs: int, *, enabled: bool):
     return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)
 
 
+def _contraction(model, x: Tensor):
+    """The contraction report of a dense model (closed form, every sample) or of a
+    conv model (explicit float64 Jacobians of the first CONV_CONTRACTION_SAMPLES)."""
+    if isinstance(model, FlatImageAutoencoder):
+        wide = copy.deepcopy(model).double()
+        return explicit_contraction_report(wide.encoder_code, x[:CONV_CONTRACTION_SAMPLES].double())
+    return contraction_report(model, x)
+
+
+def _encoder_weight(model) -> Tensor:
+    return model.model.encoder.weight if isinstance(model, FlatImageAutoencoder) else model.encoder.weight
+
+
 def _summarize(config, model, dataset, train_set, test_set, history) -> dict:
-    device = model.encoder.weight.device
-    report = contraction_report(model, test_set.x.to(device))
+    device = next(model.parameters()).device
+    report = _contraction(model, test_set.x.to(device))
     summary = {
         "final": asdict(history[-1]),
         "contraction": {
@@ -266,7 +358,7 @@ def _summarize(config, model, dataset, train_set, test_set, history) -> dict:
             "fraction_singular_values_below_one": report.fraction_below_one,
             "top_singular_values": list(report.top_singular_values),
         },
-        "encoder_weight_norm": model.encoder.weight.detach().norm().item(),
+        "encoder_weight_norm": _encoder_weight(model).detach().norm().item(),
     }
     if dataset.y is not None:
         train_codes = encode_all(model, train_set.x.to(device))
@@ -312,7 +404,10 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     config = TrainConfig(**{**checkpoint["config"], "backend": "auto"})
-    model = build_model(config, checkpoint["in_features"], torch.device(device))
+    image_shape = checkpoint["dataset"]["image_shape"]
+    model = build_model(
+        config, checkpoint["in_features"], torch.device(device), tuple(image_shape) if image_shape else None
+    )
     model.load_state_dict(checkpoint["model_state"])
     model.eval()
     return model, checkpoint

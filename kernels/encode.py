@@ -277,6 +277,40 @@ def encode_forward(
     return code, penalty, norms
 
 
+def grad_preact_pass(
+    grad_code: Tensor | None,
+    grad_penalty: Tensor | None,
+    code: Tensor,
+    row_norms_sq: Tensor,
+    activation_id: int,
+) -> tuple[Tensor, Tensor]:
+    """The backward's fused pass (also the activate op's): dz (B, H) in code's dtype and
+    the per-unit sums (2, H) = (Σ_b dz, Σ_b g_p φ'²), chunks added in order."""
+    batch, hidden = code.shape
+    acc = row_norms_sq.dtype
+    code = code.contiguous()
+    if grad_code is not None and grad_code.stride(1) != 1:
+        grad_code = grad_code.contiguous()
+    chunk_rows = backward_chunk_rows(batch)
+    num_chunks = triton.cdiv(batch, chunk_rows)
+    grad_preact = torch.empty_like(code)
+    partials = torch.empty((num_chunks, 2, hidden), dtype=acc, device=code.device)
+    if batch and hidden:
+        config = GRAD_PREACT_CONFIG
+        _grad_preact_kernel[(triton.cdiv(hidden, config.kwargs["BLOCK_H"]), num_chunks)](
+            grad_code if grad_code is not None else code,  # unread without HAS_GRAD_CODE
+            grad_penalty if grad_penalty is not None else row_norms_sq,  # likewise
+            code, row_norms_sq, grad_preact, partials,
+            batch, hidden, chunk_rows,
+            grad_code.stride(0) if grad_code is not None else 0,
+            grad_penalty.stride(0) if grad_penalty is not None else 0,
+            HAS_GRAD_CODE=grad_code is not None, HAS_GRAD_PENALTY=grad_penalty is not None,
+            ACTIVATION=activation_id, ACC_FP64=acc == torch.float64,
+            num_warps=config.num_warps, **config.kwargs,
+        )  # fmt: skip
+    return grad_preact, partials.sum(dim=0)
+
+
 def encode_backward(
     grad_code: Tensor | None,
     grad_penalty: Tensor | None,
@@ -289,30 +323,8 @@ def encode_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Launch the backward. Returns (dx, dW, db), None where output_mask is False."""
     need_x, need_weight, need_bias = output_mask
-    batch, hidden = code.shape
-    acc = accumulation_dtype(x.dtype)
-    code = code.contiguous()
-    if grad_code is not None and grad_code.stride(1) != 1:
-        grad_code = grad_code.contiguous()
-    chunk_rows = backward_chunk_rows(batch)
-    num_chunks = triton.cdiv(batch, chunk_rows)
     with _on_device(x):
-        grad_preact = torch.empty_like(code)
-        partials = torch.empty((num_chunks, 2, hidden), dtype=acc, device=x.device)
-        if batch and hidden:
-            config = GRAD_PREACT_CONFIG
-            _grad_preact_kernel[(triton.cdiv(hidden, config.kwargs["BLOCK_H"]), num_chunks)](
-                grad_code if grad_code is not None else code,  # unread without HAS_GRAD_CODE
-                grad_penalty if grad_penalty is not None else row_norms_sq,  # likewise
-                code, row_norms_sq, grad_preact, partials,
-                batch, hidden, chunk_rows,
-                grad_code.stride(0) if grad_code is not None else 0,
-                grad_penalty.stride(0) if grad_penalty is not None else 0,
-                HAS_GRAD_CODE=grad_code is not None, HAS_GRAD_PENALTY=grad_penalty is not None,
-                ACTIVATION=activation_id, ACC_FP64=acc == torch.float64,
-                num_warps=config.num_warps, **config.kwargs,
-            )  # fmt: skip
-        unit_sums = partials.sum(dim=0)  # (2, H): Σ_b dz, Σ_b g_p φ'², chunks added in order
+        grad_preact, unit_sums = grad_preact_pass(grad_code, grad_penalty, code, row_norms_sq, activation_id)
         grad_x = grad_preact @ weight if need_x else None
         grad_weight = None
         if need_weight:

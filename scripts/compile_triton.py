@@ -66,7 +66,7 @@ class KernelSpec:
 
 
 def _specs():
-    from fastcae.kernels import encode, hessian
+    from fastcae.kernels import activate, encode, hessian
 
     return {
         "forward": (
@@ -99,6 +99,14 @@ def _specs():
                     (("HAS_GRAD_CODE", a), ("HAS_GRAD_PENALTY", b))
                     for a, b in ((True, True), (True, False), (False, True))
                 ),
+            ),
+        ),
+        "activate": (
+            activate._activate_kernel,
+            KernelSpec(
+                "activate",
+                accumulator_pointers=("unit_norms_sq_ptr", "penalty_partial_ptr"),
+                aligned_ints=("B", "U"),
             ),
         ),
         "hessian_forward": (
@@ -140,6 +148,7 @@ def shipped_configs(kernel_name: str) -> list:
         {
             "row_norms_sq": tuning.ROW_NORMS_CONFIG,
             "grad_preact": tuning.GRAD_PREACT_CONFIG,
+            "activate": tuning.ACTIVATE_CONFIG,
             "hessian_forward": tuning.HESSIAN_CONFIG,
             "hessian_backward": tuning.HESSIAN_CONFIG,
         }[kernel_name]

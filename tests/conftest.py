@@ -72,3 +72,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = compile_group(item) if grouping else None
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture
+def poison_empty():
+    """torch.empty returns NaN-filled memory, so an output element a kernel
+    forgets to write fails the comparison instead of passing by luck."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(previous)

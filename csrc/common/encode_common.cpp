@@ -68,8 +68,14 @@ EncodeBackwardState prepare_encode_backward(const c10::optional<at::Tensor>& gra
                                             const at::Tensor& code, const at::Tensor& row_norms_sq,
                                             bool partial_per_chunk) {
   check_backward_inputs(grad_code, grad_penalty, x, weight, code, row_norms_sq);
-  const int64_t batch = x.size(0);
-  const int64_t hidden = weight.size(0);
+  return prepare_backward_pass(grad_code, grad_penalty, code, row_norms_sq, partial_per_chunk);
+}
+
+EncodeBackwardState prepare_backward_pass(const c10::optional<at::Tensor>& grad_code,
+                                          const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& code,
+                                          const at::Tensor& row_norms_sq, bool partial_per_chunk) {
+  const int64_t batch = code.size(0);
+  const int64_t hidden = code.size(1);
   const at::Tensor code_c = code.contiguous();
   const int64_t chunk_rows = backward_chunk_rows(batch);
   const int64_t num_chunks = backward_num_chunks(batch);

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "passes.h"
 #include "fastcae/cae_math.h"
 #include "fastcae/dispatch.h"
 #include "fastcae/encode.h"
@@ -44,17 +45,12 @@
 namespace fastcae {
 namespace {
 
-// Units per penalty group: each row's penalty is summed per group, then the
-// groups are added in order (sum_rows_in_order), whatever split the threads.
-constexpr int64_t kPenaltyGroupColumns = 64;
 // A thread's column slab is at least this many groups wide: narrower, its GEMM
 // call is too thin to run near peak and the rows path is faster (measured on
 // the 2-core CI machine, see BENCHMARKS.md).
 constexpr int64_t kMinSlabGroups = 4;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int64_t penalty_groups(int64_t hidden) { return ceil_div(hidden, kPenaltyGroupColumns); }
 
 // How many column slabs (one per thread) the work is split into, or 0 for the
 // rows path. Slabs split W between the threads and give each all of x, so they
@@ -123,76 +119,6 @@ FASTCAE_CPU_CLONES void row_norms_sq_rows(const scalar_t* matrix, acc_t* norms, 
   }
 }
 
-// Overwrites the tile rows [row_begin, row_end) × penalty groups
-// [first_group, last_group) of x Wᵀ (B, H) with h = φ(x Wᵀ + b), and writes
-// each row's penalty per group, group_penalties[g·B + b] = Σ_{j in g}
-// φ'(z_bj)² ‖W_j‖². The bias is added here rather than by the GEMM
-// (float32/float64): addmm would first broadcast-copy it into the output, an
-// extra pass over B×H.
-template <Activation A, typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES void activate_tile(scalar_t* code, const acc_t* bias, const acc_t* row_norms_sq,
-                                      acc_t* group_penalties, int64_t batch, int64_t hidden,
-                                      int64_t row_begin, int64_t row_end, int64_t first_group,
-                                      int64_t last_group) {
-  for (int64_t b = row_begin; b < row_end; ++b) {
-    scalar_t* code_row = code + b * hidden;
-    for (int64_t group = first_group; group < last_group; ++group) {
-      const int64_t unit_end = std::min(hidden, (group + 1) * kPenaltyGroupColumns);
-      acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = group * kPenaltyGroupColumns; j < unit_end; ++j) {
-        const acc_t preact = static_cast<acc_t>(code_row[j]) + bias[j];
-        const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(preact);
-        code_row[j] = static_cast<scalar_t>(value.code);
-        sum += penalty_term(value.slope, row_norms_sq[j]);
-      }
-      group_penalties[group * batch + b] = sum;
-    }
-  }
-}
-
-// out[i] = Σ_r rows[r·stride + i] over r = 0 … count−1 in order, for i in
-// [begin, end): a row's penalty from its groups, a unit's sums from its chunks.
-template <typename acc_t>
-FASTCAE_CPU_CLONES void sum_rows_in_order(const acc_t* rows, acc_t* out, int64_t count,
-                                          int64_t stride, int64_t begin, int64_t end) {
-  std::fill(out + begin, out + end, acc_t(0));
-  for (int64_t r = 0; r < count; ++r) {
-    const acc_t* row = rows + r * stride;
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      out[i] += row[i];
-    }
-  }
-}
-
-// Rows [row_begin, row_end) × units [unit_begin, unit_end) of the backward
-// pass: writes dz and adds the tile's share of Σ_b dz and Σ_b g_p φ'² into
-// grad_bias_sum[j − unit_begin] and row_scale_sum[j − unit_begin].
-template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
-FASTCAE_CPU_CLONES void grad_preactivation_tile(
-    const scalar_t* grad_code, const acc_t* grad_penalty, int64_t grad_penalty_stride,
-    const scalar_t* code, const acc_t* row_norms_sq, scalar_t* grad_preact, acc_t* grad_bias_sum,
-    acc_t* row_scale_sum, int64_t hidden, int64_t row_begin, int64_t row_end, int64_t unit_begin,
-    int64_t unit_end) {
-  for (int64_t b = row_begin; b < row_end; ++b) {
-    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[b * grad_penalty_stride] : acc_t(0);
-    const scalar_t* code_row = code + b * hidden;
-    scalar_t* grad_preact_row = grad_preact + b * hidden;
-#pragma omp simd
-    for (int64_t j = unit_begin; j < unit_end; ++j) {
-      const acc_t h = static_cast<acc_t>(code_row[j]);
-      const acc_t slope = ActivationMath<A>::slope_from_code(h);
-      const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[b * hidden + j]) : acc_t(0);
-      const acc_t grad_preact_bj =
-          grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, slope, row_norms_sq[j]);
-      grad_preact_row[j] = static_cast<scalar_t>(grad_preact_bj);
-      grad_bias_sum[j - unit_begin] += grad_preact_bj;
-      row_scale_sum[j - unit_begin] += grad_penalty_b * slope * slope;
-    }
-  }
-}
-
 // Rows [begin, end) of diag(2 row_scale_sum) W, written to out (both contiguous
 // (rows, cols)): the row-scale term of dW, which the GEMM then adds dzᵀ x to.
 template <typename scalar_t, typename acc_t>
@@ -241,7 +167,7 @@ void forward_rows(ForwardProblem& p) {
   acc_t* group_penalties = p.group_penalties.mutable_data_ptr<acc_t>();
   const int64_t groups = penalty_groups(p.hidden);
   at::parallel_for(0, p.batch, rows_per_task(p.hidden), [&](int64_t begin, int64_t end) {
-    activate_tile<A, scalar_t, acc_t>(code, bias, norms, group_penalties, p.batch, p.hidden, begin, end, 0,
+    activate_tile<A, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, begin, end, 0,
                                       groups);
   });
 }
@@ -270,66 +196,9 @@ void forward_slabs(ForwardProblem& p, int64_t slabs) {
       } else {
         at::cpu::mm_out(code_cols, p.x, weight_rows.t());
       }
-      activate_tile<A, scalar_t, acc_t>(code, bias, norms, group_penalties, p.batch, p.hidden, 0, p.batch,
+      activate_tile<A, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, 0, p.batch,
                                         cols.first_group, cols.last_group);
     }
-  });
-}
-
-// Raw views of the backward's state for the fused pass of one tile.
-template <typename scalar_t>
-struct BackwardTile {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* grad_code;  // null without a code gradient
-  const acc_t* grad_penalty;  // null without a penalty gradient
-  int64_t grad_penalty_stride;
-  const scalar_t* code;
-  const acc_t* row_norms_sq;
-  scalar_t* grad_preact;
-  int64_t batch;
-  int64_t hidden;
-  int64_t chunk_rows;
-
-  explicit BackwardTile(const EncodeBackwardState& state)
-      : grad_code(state.grad_code.defined() ? state.grad_code.const_data_ptr<scalar_t>() : nullptr),
-        grad_penalty(state.grad_penalty.defined() ? state.grad_penalty.const_data_ptr<acc_t>() : nullptr),
-        grad_penalty_stride(state.grad_penalty.defined() ? state.grad_penalty.stride(0) : 0),
-        code(state.code.const_data_ptr<scalar_t>()),
-        row_norms_sq(state.row_norms_sq.const_data_ptr<acc_t>()),
-        grad_preact(state.grad_preact.mutable_data_ptr<scalar_t>()),
-        batch(state.batch),
-        hidden(state.hidden),
-        chunk_rows(state.chunk_rows) {}
-
-  // dz of chunk `chunk`'s rows × units [unit_begin, unit_end), adding the
-  // chunk's Σ dz and Σ g_p φ'² into grad_bias_sum / row_scale_sum[j − unit_begin].
-  template <Activation A, bool kHasGradCode>
-  void fused_pass(int64_t chunk, int64_t unit_begin, int64_t unit_end, acc_t* grad_bias_sum,
-                  acc_t* row_scale_sum) const {
-    grad_preactivation_tile<A, kHasGradCode, scalar_t, acc_t>(
-        grad_code, grad_penalty, grad_penalty_stride, code, row_norms_sq, grad_preact, grad_bias_sum,
-        row_scale_sum, hidden, chunk * chunk_rows, std::min(batch, (chunk + 1) * chunk_rows), unit_begin,
-        unit_end);
-  }
-};
-
-// Rows path: the fused pass parallel over chunks of rows, each chunk's unit
-// sums in its own slot of state.partials, then added in order into unit_sums.
-template <Activation A, bool kHasGradCode, typename scalar_t>
-void backward_rows(EncodeBackwardState& state, at::Tensor& unit_sums) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const BackwardTile<scalar_t> tile(state);
-  const int64_t hidden = state.hidden;
-  acc_t* partials = state.partials.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      acc_t* chunk_sums = partials + chunk * 2 * hidden;
-      tile.template fused_pass<A, kHasGradCode>(chunk, 0, hidden, chunk_sums, chunk_sums + hidden);
-    }
-  });
-  at::parallel_for(0, 2 * hidden, rows_per_task(state.num_chunks), [&](int64_t begin, int64_t end) {
-    sum_rows_in_order<acc_t>(partials, unit_sums.mutable_data_ptr<acc_t>(), state.num_chunks, 2 * hidden,
-                             begin, end);
   });
 }
 

@@ -3,6 +3,8 @@
 - ``encode_torch``: the "torch" backend, h = φ(x Wᵀ + b) and p_b = Σ_j φ'(z_bj)² ‖W_j‖².
 - ``encode_naive``: the "naive" backend, ‖J_b‖²_F of the true (B, H, D) Jacobian.
 - ``hessian_torch``: the CAE+H estimate from pre-activations.
+- ``activate_torch``: the penalty epilogue on given pre-activations and per-unit
+  norms, h = φ(z) and p_b = Σ_u φ'(z_bu)² N_u (the convolutional layer's op).
 - The derivatives of the fused ops, written as differentiable PyTorch ops: their
   autograd (fastcae/ops/encode.py, hessian.py) runs these where a graph of the
   gradient is needed (double backward, torch.func transforms) and the fused
@@ -202,3 +204,78 @@ def hessian_jvp_closed_form(
     if norms_dot is not None:
         penalty_dot = penalty_dot + gap.pow(2).sum(dim=0) @ norms_dot / copies
     return penalty_dot
+
+
+def activate_torch(preact: Tensor, unit_norms_sq: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    """The penalty epilogue, eagerly: h = φ(z) and p_b = Σ_u φ'(z_bu)² N_u.
+
+    N_u is the squared norm of unit u's row of the Jacobian of z with respect
+    to the input (‖W_j‖² for a dense layer). Computed in ``acc_dtype``; h is
+    returned in z's dtype and p in ``acc_dtype``.
+
+    Shapes: z (B, U), N (U,) -> h (B, U), p (B,).
+    """
+    act = ACTIVATIONS[activation]
+    z = preact.to(acc_dtype(preact.dtype))
+    return act.forward(z).to(preact.dtype), act.slope(z).pow(2) @ unit_norms_sq.to(z.dtype)
+
+
+def activate_backward_closed_form(
+    grad_code: Tensor | None,
+    grad_penalty: Tensor | None,
+    code: Tensor,
+    unit_norms_sq: Tensor,
+    activation: str,
+    output_mask: tuple[bool, bool],
+) -> tuple[Tensor | None, Tensor | None]:
+    """The epilogue op's backward from the code h it saved, in differentiable ops:
+
+        dz = g_h φ' + 2 g_p φ' φ'' N_u,   dN_u = Σ_b g_p φ'²
+
+    with φ', φ'' written from h. Returns (dz in h's dtype, dN in N's dtype),
+    None where output_mask is False.
+    """
+    act = ACTIVATIONS[activation]
+    h = code.to(acc_dtype(code.dtype))
+    slope = act.slope_from_code(h)
+    need_preact, need_norms = output_mask
+    grad_preact = grad_norms = None
+    if need_preact:
+        grad_preact = torch.zeros_like(h)
+        if grad_code is not None:
+            grad_preact = grad_preact + grad_code.to(h.dtype) * slope
+        if grad_penalty is not None:
+            curvature = act.curvature_from_code(h, slope)
+            grad_penalty_c = grad_penalty.to(h.dtype).unsqueeze(1)
+            grad_preact = grad_preact + 2 * grad_penalty_c * slope * curvature * unit_norms_sq.to(h.dtype)
+        grad_preact = grad_preact.to(code.dtype)
+    if need_norms:
+        if grad_penalty is None:
+            grad_norms = torch.zeros_like(unit_norms_sq)
+        else:
+            grad_norms = (grad_penalty.to(h.dtype) @ slope.pow(2)).to(unit_norms_sq.dtype)
+    return grad_preact, grad_norms
+
+
+def activate_jvp_closed_form(
+    code: Tensor,
+    unit_norms_sq: Tensor,
+    tangents: tuple[Tensor | None, Tensor | None],
+    activation: str,
+) -> tuple[Tensor, Tensor]:
+    """Forward-mode derivative of (h, p) along (ż, Ṅ) (None: zero):
+    ḣ = φ' ż,  ṗ_b = Σ_u 2 φ' φ'' ż_bu N_u + φ'² Ṅ_u."""
+    preact_dot, norms_dot = tangents
+    act = ACTIVATIONS[activation]
+    h = code.to(acc_dtype(code.dtype))
+    slope = act.slope_from_code(h)
+    norms = unit_norms_sq.to(h.dtype)
+    code_dot = torch.zeros_like(h)
+    penalty_dot = h.new_zeros(h.shape[:1])
+    if preact_dot is not None:
+        z_dot = preact_dot.to(h.dtype)
+        code_dot = slope * z_dot
+        penalty_dot = penalty_dot + (2 * slope * act.curvature_from_code(h, slope) * z_dot) @ norms
+    if norms_dot is not None:
+        penalty_dot = penalty_dot + slope.pow(2) @ norms_dot.to(h.dtype)
+    return code_dot.to(code.dtype), penalty_dot.to(unit_norms_sq.dtype)

@@ -52,6 +52,12 @@ struct EncodeBackwardState {
   int64_t num_chunks;
 };
 
+// The state of the backward's fused pass from h and the per-unit norms alone
+// (no GEMM operands): what the activate op's backward runs on (fastcae/activate.h).
+EncodeBackwardState prepare_backward_pass(const c10::optional<at::Tensor>& grad_code,
+                                          const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& code,
+                                          const at::Tensor& row_norms_sq, bool partial_per_chunk);
+
 EncodeBackwardState prepare_encode_backward(const c10::optional<at::Tensor>& grad_code,
                                             const c10::optional<at::Tensor>& grad_penalty,
                                             const at::Tensor& x, const at::Tensor& weight,

@@ -1,0 +1,73 @@
+// CPU kernels of the activate op: the encode op's fused passes (passes.h) on
+// given pre-activations, parallel over rows (forward) and over fixed chunks of
+// rows (backward), with the same fixed summation orders, so the results do not
+// depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "cpu_kernels.h"
+#include "fastcae/activate.h"
+#include "fastcae/dispatch.h"
+#include "passes.h"
+
+namespace fastcae {
+
+ActivateResult activate_forward_cpu(const at::Tensor& preact, const at::Tensor& unit_norms_sq,
+                                    c10::string_view activation_name) {
+  check_activate_inputs(preact, unit_norms_sq);
+  const Activation activation = parse_activation(activation_name);
+  const at::Tensor preact_c = preact.contiguous();
+  const at::Tensor norms = unit_norms_sq.contiguous();
+  const int64_t batch = preact_c.size(0);
+  const int64_t units = preact_c.size(1);
+  const int64_t groups = penalty_groups(units);
+  at::Tensor code = at::empty_like(preact_c);
+  at::Tensor penalty = at::empty({batch}, norms.options());
+  const at::Tensor no_bias = at::zeros({units}, norms.options());  // keeps the pass branch-free
+  at::Tensor group_penalties = at::empty({groups, batch}, norms.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, preact_c.scalar_type(), "activate_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* preact_data = preact_c.const_data_ptr<scalar_t>();
+    scalar_t* code_data = code.mutable_data_ptr<scalar_t>();
+    const acc_t* norms_data = norms.const_data_ptr<acc_t>();
+    const acc_t* bias_data = no_bias.const_data_ptr<acc_t>();
+    acc_t* group_data = group_penalties.mutable_data_ptr<acc_t>();
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      at::parallel_for(0, batch, rows_per_task(units), [&](int64_t begin, int64_t end) {
+        activate_tile<A, scalar_t, acc_t>(preact_data, code_data, bias_data, norms_data, group_data, batch,
+                                          units, begin, end, 0, groups);
+      });
+    });
+    acc_t* penalty_data = penalty.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, batch, rows_per_task(groups), [&](int64_t begin, int64_t end) {
+      sum_rows_in_order<acc_t>(group_data, penalty_data, groups, batch, begin, end);
+    });
+  });
+  return {code, penalty};
+}
+
+ActivateResult activate_backward_cpu(const c10::optional<at::Tensor>& grad_code,
+                                     const c10::optional<at::Tensor>& grad_penalty, const at::Tensor& code,
+                                     const at::Tensor& unit_norms_sq, c10::string_view activation_name,
+                                     std::array<bool, 2> output_mask) {
+  check_activate_backward_inputs(grad_code, grad_penalty, code, unit_norms_sq);
+  const Activation activation = parse_activation(activation_name);
+  EncodeBackwardState state =
+      prepare_backward_pass(grad_code, grad_penalty, code, unit_norms_sq, /*partial_per_chunk=*/true);
+  at::Tensor unit_sums = at::empty({2, state.hidden}, state.partials.options());  // Σ_b dz, Σ_b g_p φ'²
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, code.scalar_type(), "activate_backward_cpu", [&] {
+    dispatch_activation(activation, [&](auto act) {
+      constexpr Activation A = decltype(act)::value;
+      dispatch_bool(state.grad_code.defined(), [&](auto has_grad_code) {
+        constexpr bool kHasGradCode = decltype(has_grad_code)::value;
+        backward_rows<A, kHasGradCode, scalar_t>(state, unit_sums);
+      });
+    });
+  });
+  return {output_mask[0] ? state.grad_preact : at::Tensor(), output_mask[1] ? unit_sums[1] : at::Tensor()};
+}
+
+}  // namespace fastcae

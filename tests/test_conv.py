@@ -1,0 +1,347 @@
+"""The convolutional layer's penalty (fastcae.encode_conv2d / penalty_conv2d) and
+the activate op under it: every backend against the true per-sample Jacobian
+of F.conv2d in float64, over kernel sizes, strides, paddings, dilations,
+groups and activations; gradients, double backward, torch.func, torch.compile,
+half precision, NaN, empty batches and bad input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import DEVICES, assert_close, available_backends, skip_unless_supported
+
+import fastcae
+from fastcae._environment import triton_interpreter_enabled as interpreter_enabled
+from fastcae.activations import ACTIVATION_NAMES, ACTIVATIONS
+
+TARGETS = [(device, backend) for device in DEVICES for backend in available_backends(device)]
+FAST_TARGETS = [(d, b) for d, b in TARGETS if b not in ("torch", "naive")]
+FAST_IDS = [f"{d}-{b}" for d, b in FAST_TARGETS]
+
+
+def random_geometry(seed: int) -> dict:
+    """A random conv layer: kernel (non-square too, 1×1), stride, padding (ints,
+    pairs, "same", "valid"), dilation, groups, bias, odd image sizes."""
+    rng = random.Random(seed)
+    groups = rng.choice([1, 1, 2, 3])
+    kernel = (rng.choice([1, 2, 3, 5]), rng.choice([1, 2, 3]))
+    dilation = (rng.choice([1, 2]), rng.choice([1, 2]))
+    stride = (rng.choice([1, 2, 3]), rng.choice([1, 2]))
+    padding = rng.choice([0, 1, (2, 1), "valid", "same"])
+    if padding == "same":
+        stride = (1, 1)
+    pads = (
+        (0, 0)
+        if padding in ("valid", "same")
+        else (padding, padding)
+        if isinstance(padding, int)
+        else padding
+    )
+    height = rng.randint(max(1, dilation[0] * (kernel[0] - 1) + 1 - 2 * pads[0]), 11)
+    width = rng.randint(max(1, dilation[1] * (kernel[1] - 1) + 1 - 2 * pads[1]), 10)
+    return {
+        "batch": rng.randint(1, 5),
+        "in_channels": groups * rng.randint(1, 3),
+        "out_channels": groups * rng.randint(1, 3),
+        "size": (height, width),
+        "kernel": kernel,
+        "bias": rng.random() < 0.7,
+        "conv": {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
+    }
+
+
+def make_conv_inputs(geometry: dict, *, dtype=torch.float64, device="cpu", seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    groups = geometry["conv"]["groups"]
+    c_in, c_out = geometry["in_channels"], geometry["out_channels"]
+    fan_in = c_in // groups * geometry["kernel"][0] * geometry["kernel"][1]
+
+    def rand(*shape, scale=1.0):
+        t = (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).to(device)
+        return t.requires_grad_(requires_grad)
+
+    x = rand(geometry["batch"], c_in, *geometry["size"])
+    weight = rand(c_out, c_in // groups, *geometry["kernel"], scale=2 / fan_in**0.5)
+    bias = rand(c_out, scale=0.5) if geometry["bias"] else None
+    return x, weight, bias
+
+
+# Small enough for gradcheck's numerical Jacobian (every input element twice,
+# under the Triton interpreter too), with groups, stride, padding and dilation.
+TINY = {
+    "batch": 2, "in_channels": 2, "out_channels": 4, "size": (5, 4), "kernel": (3, 2), "bias": True,
+    "conv": {"stride": (2, 1), "padding": 1, "dilation": (1, 2), "groups": 2},
+}  # fmt: skip
+
+
+def true_penalty(x, weight, bias, conv: dict, activation: str):
+    """h and ‖∂h_b/∂x_b‖²_F from the explicit per-sample Jacobian of F.conv2d, in float64."""
+    act = ACTIVATIONS[activation]
+    x, weight = x.detach().cpu().double(), weight.detach().cpu().double()
+    bias = None if bias is None else bias.detach().cpu().double()
+
+    def code_of(sample):
+        return act.forward(F.conv2d(sample.unsqueeze(0), weight, bias, **conv)[0])
+
+    jacobian = torch.func.vmap(torch.func.jacrev(code_of))(x)
+    return torch.func.vmap(code_of)(x), jacobian.pow(2).flatten(1).sum(dim=1)
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize(("device", "backend"), TARGETS, ids=[f"{d}-{b}" for d, b in TARGETS])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_the_true_jacobian(device, backend, activation, seed):
+    geometry = random_geometry(seed * 7 + len(activation))
+    x, weight, bias = make_conv_inputs(geometry, device=device, seed=seed)
+    code, penalty = fastcae.encode_conv2d(
+        x, weight, bias, activation=activation, backend=backend, **geometry["conv"]
+    )
+    expected_code, expected_penalty = true_penalty(x, weight, bias, geometry["conv"], activation)
+    assert code.dtype == x.dtype and penalty.dtype == torch.float64
+    assert_close(code, expected_code, torch.float64, what=f"code {geometry}")
+    assert_close(penalty, expected_penalty, torch.float64, what=f"penalty {geometry}")
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize(("device", "backend"), FAST_TARGETS, ids=FAST_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_low_precision_against_float64(device, backend, dtype, activation):
+    skip_unless_supported(backend, dtype)
+    # 65 output channels × 3 × 3: more units than one tile or penalty group holds.
+    geometry = {
+        "batch": 5, "in_channels": 4, "out_channels": 65, "size": (7, 6), "kernel": (3, 3), "bias": True,
+        "conv": {"stride": (2, 2), "padding": 1, "dilation": (1, 1), "groups": 1},
+    }  # fmt: skip
+    x, weight, bias = make_conv_inputs(geometry, dtype=dtype, device=device, seed=3, requires_grad=True)
+    code, penalty = fastcae.encode_conv2d(
+        x, weight, bias, activation=activation, backend=backend, **geometry["conv"]
+    )
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    ref_code, ref_penalty = fastcae.encode_conv2d(
+        x64, w64, b64, activation=activation, backend="torch", **geometry["conv"]
+    )
+    assert penalty.dtype == torch.float32
+    assert_close(code, ref_code, dtype, what="code")
+    assert_close(penalty, ref_penalty, dtype, what="penalty")
+    upstream = torch.randn(code.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    loss = (code.float() * upstream.to(device, torch.float32)).sum() + penalty.sum()
+    ref_loss = (ref_code * upstream).sum() + ref_penalty.sum()
+    grads = torch.autograd.grad(loss, (x, weight, bias))
+    ref_grads = torch.autograd.grad(ref_loss, (x64, w64, b64))
+    for name, got, want in zip(("x", "weight", "bias"), grads, ref_grads, strict=True):
+        assert_close(got, want, dtype, what=f"grad {name}")
+
+
+@pytest.mark.parametrize(("device", "backend"), TARGETS, ids=[f"{d}-{b}" for d, b in TARGETS])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_gradcheck(device, backend, activation):
+    geometry = TINY
+    x, weight, bias = make_conv_inputs(geometry, device=device, seed=5, requires_grad=True)
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+
+    def penalty_and_code(*args):
+        return fastcae.encode_conv2d(*args, activation=activation, backend=backend, **geometry["conv"])
+
+    # relu/identity: φ'' is 0 except at the kink, which random inputs avoid.
+    assert torch.autograd.gradcheck(penalty_and_code, inputs)
+
+
+@pytest.mark.parametrize(("device", "backend"), FAST_TARGETS, ids=FAST_IDS)
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "softplus"])
+def test_gradgradcheck(device, backend, activation):
+    geometry = TINY
+    x, weight, bias = make_conv_inputs(geometry, device=device, seed=6, requires_grad=True)
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+
+    def penalty_and_code(*args):
+        return fastcae.encode_conv2d(*args, activation=activation, backend=backend, **geometry["conv"])
+
+    assert torch.autograd.gradgradcheck(penalty_and_code, inputs)
+
+
+@pytest.mark.parametrize(("device", "backend"), FAST_TARGETS, ids=FAST_IDS)
+def test_torch_func_transforms_match_the_torch_backend(device, backend):
+    geometry = random_geometry(300)
+    x, weight, bias = make_conv_inputs(geometry, device=device, seed=7)
+    conv = geometry["conv"]
+
+    def per_sample_penalty(weight, sample, name):
+        return fastcae.penalty_conv2d(sample.unsqueeze(0), weight, bias, backend=name, **conv)
+
+    def code_of(sample, name):
+        return fastcae.encode_conv2d(sample.unsqueeze(0), weight, bias, backend=name, **conv).code[0]
+
+    for transform in (
+        lambda name: torch.func.vmap(torch.func.grad(per_sample_penalty), in_dims=(None, 0, None))(
+            weight, x, name
+        ),
+        lambda name: torch.func.jacrev(code_of)(x[0], name),
+        lambda name: torch.func.jacfwd(code_of)(x[0], name),
+        lambda name: torch.func.jvp(lambda w: per_sample_penalty(w, x[0], name), (weight,), (weight,))[1],
+    ):
+        torch.testing.assert_close(transform(backend), transform("torch"))
+
+
+@pytest.mark.parametrize(("device", "backend"), FAST_TARGETS, ids=FAST_IDS)
+def test_torch_compile_without_graph_breaks(device, backend):
+    if backend == "triton" and interpreter_enabled():
+        pytest.skip("torch.compile of a Triton custom op needs a GPU")
+    geometry = random_geometry(400)
+    x, weight, bias = make_conv_inputs(
+        geometry, dtype=torch.float32, device=device, seed=8, requires_grad=True
+    )
+    torch._dynamo.reset()
+
+    def loss(x, weight, bias):
+        code, penalty = fastcae.encode_conv2d(x, weight, bias, backend=backend, **geometry["conv"])
+        return code.sum() + penalty.mean()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    inputs = tuple(t for t in (x, weight, bias) if t is not None)
+    eager_grads = torch.autograd.grad(loss(x, weight, bias), inputs)
+    compiled_grads = torch.autograd.grad(compiled(x, weight, bias), inputs)
+    for got, want in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("device", "backend"), TARGETS, ids=[f"{d}-{b}" for d, b in TARGETS])
+def test_nan_stays_in_its_sample_and_empty_batch_works(device, backend):
+    geometry = random_geometry(500)
+    geometry["batch"] = 3
+    x, weight, bias = make_conv_inputs(geometry, device=device, seed=9)
+    x[1, 0, 0, 0] = float("nan")
+    penalty = fastcae.penalty_conv2d(x, weight, bias, reduction="none", backend=backend, **geometry["conv"])
+    assert torch.isnan(penalty[1]) and not torch.isnan(penalty[[0, 2]]).any()
+    empty = x[:0].clone().requires_grad_()
+    code, penalty = fastcae.encode_conv2d(empty, weight, bias, backend=backend, **geometry["conv"])
+    assert code.shape[0] == 0 and penalty.shape == (0,)
+    (code.sum() + penalty.sum()).backward()
+    assert empty.grad.shape == empty.shape
+    assert fastcae.penalty_conv2d(empty, weight, bias, backend=backend, **geometry["conv"]).item() == 0
+
+
+@pytest.mark.parametrize(("device", "backend"), FAST_TARGETS, ids=FAST_IDS)
+def test_channels_last_input(device, backend):
+    geometry = random_geometry(600)
+    x, weight, bias = make_conv_inputs(geometry, device=device, seed=10)
+    x_cl = x.to(memory_format=torch.channels_last)
+    weight_cl = weight.to(memory_format=torch.channels_last)
+    code, penalty = fastcae.encode_conv2d(x_cl, weight_cl, bias, backend=backend, **geometry["conv"])
+    expected_code, expected_penalty = true_penalty(x, weight, bias, geometry["conv"], "sigmoid")
+    assert_close(code, expected_code, torch.float64, what="code")
+    assert_close(penalty, expected_penalty, torch.float64, what="penalty")
+
+
+def test_unit_norms_count_only_the_taps_inside_the_image():
+    # 1 channel, 3×3 kernel of ones, padding 1 on a 3×3 image: corners see 4 taps,
+    # edges 6, the center 9.
+    weight = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    norms = fastcae.conv.conv2d_unit_norms_sq(weight, (1, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    assert norms[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+
+
+BAD_INPUTS = [
+    ({"x": torch.rand(3, 5, 5)}, ValueError, "x must be 4-D"),
+    ({"weight": torch.rand(4, 2, 3)}, ValueError, "weight must be 4-D"),
+    ({"x": torch.rand(2, 3, 5, 5)}, ValueError, "x has 3 channels"),
+    ({"groups": 3}, ValueError, "groups = 3 must divide"),
+    ({"groups": 0}, ValueError, "groups must be >= 1"),
+    ({"groups": 1.0}, TypeError, "groups must be an int"),
+    ({"weight": torch.rand(4, 2, 7, 3)}, ValueError, "kernel spans 7 pixels in height"),
+    ({"padding": "same", "stride": 2}, ValueError, 'padding="same" needs stride 1'),
+    ({"padding": "full"}, ValueError, "padding must be one of"),
+    ({"padding": -1}, ValueError, "padding must be >= 0"),
+    ({"stride": (1, 0)}, ValueError, "stride must be >= 1"),
+    ({"dilation": (1, 2, 3)}, TypeError, "dilation must be an int or a pair"),
+    ({"bias": torch.rand(3)}, ValueError, "bias must have shape"),
+    ({"weight": torch.rand(4, 2, 3, 3, dtype=torch.float64)}, TypeError, "weight has dtype"),
+    ({"x": torch.ones(2, 2, 5, 5, dtype=torch.int64)}, TypeError, "x must be a floating-point tensor"),
+    ({"activation": "gelu"}, ValueError, "activation must be one of"),
+    ({"backend": "fast"}, ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize(("override", "error", "message"), BAD_INPUTS)
+def test_bad_input_names_the_argument(override, error, message):
+    args = {"x": torch.rand(2, 2, 5, 5), "weight": torch.rand(4, 2, 3, 3), "bias": torch.rand(4)}
+    args.update(override)
+    x, weight, bias = args.pop("x"), args.pop("weight"), args.pop("bias")
+    with pytest.raises(error, match=message):
+        fastcae.encode_conv2d(x, weight, bias, **args)
+
+
+def test_penalty_conv2d_reductions():
+    geometry = random_geometry(700)
+    x, weight, bias = make_conv_inputs(geometry, seed=11)
+    per_sample = fastcae.penalty_conv2d(x, weight, bias, reduction="none", **geometry["conv"])
+    total = fastcae.penalty_conv2d(x, weight, bias, reduction="sum", **geometry["conv"])
+    mean = fastcae.penalty_conv2d(x, weight, bias, **geometry["conv"])
+    torch.testing.assert_close(total, per_sample.sum())
+    torch.testing.assert_close(mean, per_sample.mean())
+
+
+@pytest.mark.parametrize(("device", "backend"), FAST_TARGETS, ids=FAST_IDS)
+@pytest.mark.parametrize("grads", ["both", "code", "penalty"])
+def test_activate_op_backward_matches_its_closed_form(device, backend, grads):
+    """The kernel ops under the conv penalty, against the closed form, including the
+    unit-norm gradient dN = Σ_b g_p φ'² that reaches the kernel K through N."""
+    from fastcae.ops import activate
+    from fastcae.ops.reference import activate_backward_closed_form
+
+    gen = torch.Generator().manual_seed(12)
+    preact = torch.randn(37, 300, generator=gen, dtype=torch.float64).to(device)
+    norms = torch.rand(300, generator=gen, dtype=torch.float64).to(device)
+    code, _ = activate.activate_torch(preact, norms, "tanh")
+    grad_code = (
+        torch.randn(37, 300, generator=gen, dtype=torch.float64).to(device) if grads != "penalty" else None
+    )
+    grad_penalty = torch.randn(37, generator=gen, dtype=torch.float64).to(device) if grads != "code" else None
+    got = activate.KERNELS["triton" if backend == "triton" else "cpp"].backward_launch(
+        grad_code, grad_penalty, code, norms, "tanh", [True, True]
+    )
+    want = activate_backward_closed_form(grad_code, grad_penalty, code, norms, "tanh", (True, True))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+def test_contractive_conv2d_loads_an_nn_conv2d_state_dict():
+    conv = torch.nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), groups=2)
+    layer = fastcae.nn.ContractiveConv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), groups=2)
+    layer.load_state_dict(conv.state_dict())
+    x = torch.rand(3, 4, 9, 8)
+    code, penalty = layer(x)
+    torch.testing.assert_close(code, torch.sigmoid(conv(x)))
+    expected = fastcae.penalty_conv2d(
+        x, conv.weight, conv.bias, stride=2, padding=1, dilation=(1, 2), groups=2, reduction="none"
+    )
+    torch.testing.assert_close(penalty, expected)
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_contractive_conv2d_rejects_padding_that_repeats_pixels(padding_mode):
+    with pytest.raises(ValueError, match="padding_mode"):
+        fastcae.nn.ContractiveConv2d(1, 2, 3, padding=1, padding_mode=padding_mode)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding"), [((8, 8), 3, 1, 1), ((9, 7), 3, 2, 1), ((10, 10), (4, 3), 2, 0)]
+)
+def test_conv_autoencoder_reconstructs_the_input_shape_and_learns(size, kernel, stride, padding):
+    torch.manual_seed(0)
+    model = fastcae.nn.ConvContractiveAutoencoder(2, 5, kernel, stride, padding, contractive_weight=0.1)
+    x = torch.rand(16, 2, *size)
+    assert model(x).reconstruction.shape == x.shape
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(x)
+    for _ in range(30):
+        optimizer.zero_grad()
+        model.loss(x).total.backward()
+        optimizer.step()
+    last = model.loss(x)
+    assert last.total < first.total
+    assert torch.isclose(first.total, first.reconstruction + 0.1 * first.contractive)
