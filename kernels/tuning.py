@@ -80,7 +80,7 @@ GRAD_PREACT_CONFIG = (
     _config(1, 1, BLOCK_B=16, BLOCK_H=16) if INTERPRETED else _config(4, 1, BLOCK_B=4, BLOCK_H=256)
 )
 ACTIVATE_CONFIG = (
-    _config(1, 1, BLOCK_B=16, BLOCK_U=16) if INTERPRETED else _config(4, 1, BLOCK_B=4, BLOCK_U=512)
+    _config(1, 1, BLOCK_B=16, BLOCK_U=16) if INTERPRETED else _config(4, 1, BLOCK_B=4, BLOCK_U=256)
 )
 HESSIAN_CONFIG = (
     _config(1, 1, BLOCK_B=16, BLOCK_H=16) if INTERPRETED else _config(8, 1, BLOCK_B=8, BLOCK_H=128)

@@ -18,6 +18,9 @@ import torch
 
 from .._environment import triton_interpreter_enabled
 
+# The kernel ops every op module registers fakes and vmap rules for.
+EXTENSION_OPS: tuple[str, ...] = ("encode_forward", "activate_forward", "hessian_forward")
+
 try:
     from .. import _C  # registers torch.ops.fastcae.* as a side effect
 except ImportError as exc:
@@ -25,6 +28,13 @@ except ImportError as exc:
     EXTENSION_ERROR: str | None = f"the C++ extension fastcae._C could not be imported ({exc})"
 else:
     EXTENSION_ERROR = None
+    _missing = [op for op in EXTENSION_OPS if not hasattr(torch.ops.fastcae, op)]
+    if _missing:  # a build older than these sources: say so rather than fail at import
+        _C = None
+        EXTENSION_ERROR = (
+            f"the C++ extension fastcae._C is out of date (it lacks {', '.join(_missing)}): rebuild it with "
+            "`pip install --no-build-isolation -e .`"
+        )
 
 
 def extension() -> ModuleType | None:
