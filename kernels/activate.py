@@ -84,4 +84,5 @@ def activate_backward(
         grad_preact, unit_sums = grad_preact_pass(
             grad_code, grad_penalty, code, unit_norms_sq.contiguous(), activation_id
         )
-    return (grad_preact if output_mask[0] else None), (unit_sums[1] if output_mask[1] else None)
+    # dN as its own tensor, not a view into unit_sums (the op's fake returns a fresh one).
+    return (grad_preact if output_mask[0] else None), (unit_sums[1].clone() if output_mask[1] else None)

@@ -72,7 +72,9 @@ def _config(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
 
 
 # The fixed launch configs of the elementwise kernels (blocks and warps),
-# chosen so that no activation spills in float64 (scripts/compile_triton.py).
+# chosen so that no activation spills in float64 (scripts/compile_triton.py,
+# with triton 3.6 and 3.8: 8 × 128 CAE+H tiles spilled 16 B in float64 tanh
+# under 3.6).
 ROW_NORMS_CONFIG = (
     _config(4, 1, BLOCK_R=16, BLOCK_D=16) if INTERPRETED else _config(4, 1, BLOCK_R=32, BLOCK_D=128)
 )
@@ -83,7 +85,7 @@ ACTIVATE_CONFIG = (
     _config(1, 1, BLOCK_B=16, BLOCK_U=16) if INTERPRETED else _config(4, 1, BLOCK_B=4, BLOCK_U=256)
 )
 HESSIAN_CONFIG = (
-    _config(1, 1, BLOCK_B=16, BLOCK_H=16) if INTERPRETED else _config(8, 1, BLOCK_B=8, BLOCK_H=128)
+    _config(1, 1, BLOCK_B=16, BLOCK_H=16) if INTERPRETED else _config(8, 1, BLOCK_B=4, BLOCK_H=128)
 )
 
 
@@ -111,9 +113,11 @@ def _shared_memory_bytes() -> int:
         return 160 * 1024
 
 
-# float64 (a correctness path) gets a tile of its own: 64 × 128 float64
-# accumulators spill in the epilogue of sigmoid, tanh and softplus.
-FLOAT64_FORWARD_CONFIG = _config(8, 2, BLOCK_B=32, GROUP_B=8)
+# The GEMMs without tensor cores get a narrower tile of their own: 64 × 128
+# float64 accumulators spill in the epilogue of sigmoid, tanh and softplus, and
+# so does exact float32 (FMA products, INPUT_PRECISION "ieee") with tanh and
+# softplus under Triton 3.6 (56-80 B at 255 registers; clean under 3.8).
+NARROW_FORWARD_CONFIG = _config(8, 2, BLOCK_B=32, GROUP_B=8)
 
 
 def forward_configs() -> list[triton.Config]:
@@ -130,7 +134,7 @@ def forward_configs() -> list[triton.Config]:
         _config(8, 2, BLOCK_B=64, GROUP_B=8),
         _config(8, 3, BLOCK_B=64, GROUP_B=4),
     ]
-    return (configs if AUTOTUNE else configs[:1]) + [FLOAT64_FORWARD_CONFIG]
+    return (configs if AUTOTUNE else configs[:1]) + [NARROW_FORWARD_CONFIG]
 
 
 def forward_block_k(element_size: int) -> int:
@@ -138,17 +142,18 @@ def forward_block_k(element_size: int) -> int:
 
 
 def forward_prune(configs, named_args, **kwargs):
-    """Keep the configs of the input dtype (float64 has its own) whose pipelined
-    x and W tiles fit shared memory: num_stages · element size · (BLOCK_B +
-    BLOCK_H) · BLOCK_K bytes (what Triton allocates; scripts/compile_triton.py
-    checks it)."""
+    """Keep the configs of the input dtype and precision (float64 and exact float32
+    have the narrow one) whose pipelined x and W tiles fit shared memory:
+    num_stages · element size · (BLOCK_B + BLOCK_H) · BLOCK_K bytes (what Triton
+    allocates; scripts/compile_triton.py checks it)."""
     element_size = (
         named_args["element_size"] if "element_size" in named_args else named_args["x_ptr"].element_size()
     )
+    narrow = element_size == 8 or (element_size == 4 and kwargs.get("INPUT_PRECISION") == "ieee")
     block_h = forward_block_h(named_args["H"])
     block_k = forward_block_k(element_size)
     budget = _shared_memory_bytes()
-    for_dtype = [c for c in configs if (c is FLOAT64_FORWARD_CONFIG) == (element_size == 8)] or configs
+    for_dtype = [c for c in configs if (c is NARROW_FORWARD_CONFIG) == narrow] or configs
     fitting = [
         c
         for c in for_dtype

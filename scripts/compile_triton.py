@@ -277,7 +277,8 @@ def _kept_config_indices(kernel_name: str, dtype: str, arch: int) -> list[int]:
     budget = tuning._shared_memory_bytes
     tuning._shared_memory_bytes = lambda: SHARED_MEMORY_BYTES[arch]
     try:
-        kept = prune(configs, {"element_size": ELEMENT_SIZES[DTYPES[dtype][0]], "H": 1024})
+        element, precision = DTYPES[dtype]
+        kept = prune(configs, {"element_size": ELEMENT_SIZES[element], "H": 1024}, INPUT_PRECISION=precision)
     finally:
         tuning._shared_memory_bytes = budget
     return [configs.index(c) for c in kept]

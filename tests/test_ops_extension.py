@@ -150,6 +150,25 @@ def test_opcheck_hessian_ops(device, dtype):
 
 
 @pytest.mark.parametrize("device", [d for d, _ in TARGETS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_opcheck_activate_ops(device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    preact = torch.randn(6, 70, generator=gen).to(device, dtype)
+    norms = torch.rand(70, generator=gen).to(device, acc)
+    for activation in ACTIVATION_NAMES:
+        torch.library.opcheck(torch.ops.fastcae.activate_forward.default, (preact, norms, activation))
+    code, _ = torch.ops.fastcae.activate_forward(preact, norms, "sigmoid")
+    grad_code = torch.randn(6, 70, generator=gen).to(device, dtype)
+    grad_penalty = torch.randn(6, generator=gen).to(device, acc)
+    for grads, mask in (((grad_code, grad_penalty), [True, True]), ((None, grad_penalty), [False, True])):
+        torch.library.opcheck(
+            torch.ops.fastcae.activate_backward.default, (*grads, code, norms, "sigmoid", mask)
+        )
+    torch.library.opcheck(torch.ops.fastcae.activate_forward.default, (preact[:0], norms, "tanh"))
+
+
+@pytest.mark.parametrize("device", [d for d, _ in TARGETS])
 def test_a_gradient_through_a_kernel_op_called_directly_is_a_clear_error(device):
     """The kernel ops are not differentiable (fastcae.encode is): backward through
     a direct call raises instead of giving zero gradients."""

@@ -223,3 +223,19 @@ def test_results_are_bitwise_equal_across_processes_with_autotuning():
     ]
     assert all(d.returncode == 0 for d in digests), [d.stderr[-2000:] for d in digests]
     assert digests[0].stdout == digests[1].stdout
+
+
+@pytest.mark.parametrize(
+    ("element_size", "precision", "rows"),
+    [(8, "ieee", 32), (4, "ieee", 32), (4, "tf32", 64), (2, "ieee", 64)],
+)
+def test_forward_tile_rows_by_dtype_and_precision(element_size, precision, rows):
+    """The GEMMs without tensor cores (float64, exact float32) take the 32-row tile:
+    64 rows spill in their epilogue (compile_triton.py's report, Triton 3.6)."""
+    from fastcae.kernels import tuning
+
+    configs = tuning.NARROW_FORWARD_CONFIG, tuning._config(8, 3, BLOCK_B=64, GROUP_B=8)
+    kept = tuning.forward_prune(
+        list(configs), {"element_size": element_size, "H": 1024}, INPUT_PRECISION=precision
+    )
+    assert {c.kwargs["BLOCK_B"] for c in kept} == {rows}

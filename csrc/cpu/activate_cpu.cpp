@@ -67,7 +67,9 @@ ActivateResult activate_backward_cpu(const c10::optional<at::Tensor>& grad_code,
       });
     });
   });
-  return {output_mask[0] ? state.grad_preact : at::Tensor(), output_mask[1] ? unit_sums[1] : at::Tensor()};
+  at::Tensor grad_unit_norms_sq;
+  if (output_mask[1]) grad_unit_norms_sq = unit_sums[1].clone();  // its own tensor, as the op's fake
+  return {output_mask[0] ? state.grad_preact : at::Tensor(), grad_unit_norms_sq};
 }
 
 }  // namespace fastcae

@@ -52,7 +52,9 @@ def _activate_forward_fake(preact: Tensor, unit_norms_sq: Tensor, activation: st
 def _activate_backward_fake(
     grad_code, grad_penalty, code, unit_norms_sq, activation, output_mask, *, custom_op=False
 ) -> Grads:
-    return fake_grads(code, (code.shape, unit_norms_sq.shape), output_mask, custom_op=custom_op)
+    grad_preact, _ = fake_grads(code, (code.shape, ()), output_mask, custom_op=custom_op)
+    _, grad_norms = fake_grads(unit_norms_sq, ((), unit_norms_sq.shape), output_mask, custom_op=custom_op)
+    return grad_preact, grad_norms  # dz in h's dtype, dN in N's (the accumulation dtype)
 
 
 def _activate_forward_vmap(forward: Callable[..., ActivateOutputs]):
