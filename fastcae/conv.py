@@ -9,7 +9,8 @@ land in the zero padding contribute nothing. So row u of the Jacobian
     p_b = ‖∂h_b/∂x_b‖²_F = Σ_u φ'(z_bu)² N_u,   N_u = Σ_{taps of u inside x} K_c²
 
 N depends only on K and the geometry: it is conv2d(1, K², same geometry) of
-one all-ones image (1/B of the layer's own cost), differentiable to K. The
+one all-ones image, computed as two small products (conv2d_unit_norms_sq),
+differentiable to K. The
 penalty is then the encode op's epilogue with per-unit norms N
 (fastcae/ops/activate.py) on z viewed as (B, C_out·H_out·W_out): the
 convolution runs through ATen (cuDNN, oneDNN) and autograd, the epilogue and
@@ -34,6 +35,16 @@ from .ops import activate as activate_op
 Padding = int | tuple[int, int] | str
 
 
+def _inside_taps(
+    input_size: int, output_size: int, kernel: int, stride: int, dilation: int, pad_before: int, device
+) -> Tensor:
+    """M (output_size, kernel): 1 where tap k of output position i lands inside the input
+    (0 ≤ i·stride − pad_before + k·dilation < input_size), else 0."""
+    position = torch.arange(output_size, device=device)[:, None] * stride - pad_before
+    source = position + torch.arange(kernel, device=device)[None, :] * dilation
+    return ((source >= 0) & (source < input_size)).to(torch.float64)
+
+
 def conv2d_unit_norms_sq(
     weight: Tensor,
     input_size: tuple[int, int, int],
@@ -44,13 +55,34 @@ def conv2d_unit_norms_sq(
 ) -> Tensor:
     """N (C_out, H_out, W_out): the squared norm of each output unit's row of ∂z/∂x.
 
-    One convolution of K² with an all-ones (C_in, H_in, W_in) image, in the
-    accumulation dtype: a tap inside the image adds K², one in the zero
-    padding adds 0. Differentiable with respect to ``weight``.
+    N_cij = Σ_{c', k, l} K[c, c', k, l]² · [tap (k, l) of (i, j) lands inside x],
+    which is conv2d(1, K², same geometry) of an all-ones image. Whether a tap
+    lands inside factors into a row test and a column test, so with
+    S = Σ_{c'} K² (C_out, kH, kW) and the 0/1 masks M_h (H_out, kH), M_w (W_out, kW):
+
+        N_c = M_h S_c M_wᵀ   (H_out × W_out for every c, two batched matmuls)
+
+    two small products instead of a convolution (the groups only select which
+    input channels a kernel has, and S sums them). In the accumulation dtype,
+    differentiable with respect to ``weight``.
     """
     compute = acc_dtype(weight.dtype)
-    ones = torch.ones((1, *input_size), dtype=compute, device=weight.device)
-    return F.conv2d(ones, weight.to(compute).square(), None, stride, padding, dilation, groups)[0]
+    _, height, width = input_size
+    kernel_h, kernel_w = weight.shape[2:]
+    extent_h = dilation[0] * (kernel_h - 1) + 1
+    extent_w = dilation[1] * (kernel_w - 1) + 1
+    if padding == "valid":
+        pads = (0, 0)
+    elif padding == "same":  # F.conv2d puts the odd pixel of padding after the input
+        pads = ((extent_h - 1) // 2, (extent_w - 1) // 2)
+    else:
+        pads = padding
+    out_h = (height + 2 * pads[0] - extent_h) // stride[0] + 1 if padding != "same" else height
+    out_w = (width + 2 * pads[1] - extent_w) // stride[1] + 1 if padding != "same" else width
+    rows = _inside_taps(height, out_h, kernel_h, stride[0], dilation[0], pads[0], weight.device)
+    cols = _inside_taps(width, out_w, kernel_w, stride[1], dilation[1], pads[1], weight.device)
+    tap_norms = weight.to(compute).square().sum(dim=1)  # S (C_out, kH, kW)
+    return rows.to(compute) @ (tap_norms @ cols.to(compute).t())  # (H_out, kH) @ (C_out, kH, W_out)
 
 
 def _flat_units(preact: Tensor, unit_norms_sq: Tensor) -> tuple[Tensor, Tensor, bool]:

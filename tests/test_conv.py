@@ -254,6 +254,24 @@ def test_unit_norms_count_only_the_taps_inside_the_image():
     assert norms[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_separable_unit_norms_equal_a_convolution_of_ones(seed):
+    """conv2d_unit_norms_sq's two products against its definition, conv2d(1, K²)."""
+    geometry = random_geometry(900 + seed)
+    _, weight, _ = make_conv_inputs(geometry, seed=seed)
+    conv = geometry["conv"]
+    input_size = (geometry["in_channels"], *geometry["size"])
+    ones = torch.ones((1, *input_size), dtype=torch.float64)
+    expected = F.conv2d(ones, weight.square(), None, **conv)[0]
+    padding = conv["padding"]
+    if isinstance(padding, int):
+        padding = (padding, padding)
+    got = fastcae.conv.conv2d_unit_norms_sq(
+        weight, input_size, conv["stride"], padding, conv["dilation"], conv["groups"]
+    )
+    torch.testing.assert_close(got, expected)
+
+
 BAD_INPUTS = [
     ({"x": torch.rand(3, 5, 5)}, ValueError, "x must be 4-D"),
     ({"weight": torch.rand(4, 2, 3)}, ValueError, "weight must be 4-D"),
