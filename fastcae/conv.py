@@ -88,15 +88,19 @@ def conv2d_unit_norms_sq(
 def _flat_units(preact: Tensor, unit_norms_sq: Tensor) -> tuple[Tensor, Tensor, bool]:
     """z (B, C, H, W) and N (C, H, W) as (B, U) and (U,) in z's memory order, without a copy
     for NCHW or channels-last z; the flag says channels-last."""
-    batch = preact.shape[0]
+    batch, units = preact.shape[0], preact.shape[1:].numel()
     channels_last = (
         not torch._C._are_functorch_transforms_active()
         and not preact.is_contiguous()
         and preact.is_contiguous(memory_format=torch.channels_last)
     )
     if channels_last:
-        return preact.permute(0, 2, 3, 1).reshape(batch, -1), unit_norms_sq.permute(1, 2, 0).reshape(-1), True
-    return preact.reshape(batch, -1), unit_norms_sq.reshape(-1), False
+        return (
+            preact.permute(0, 2, 3, 1).reshape(batch, units),
+            unit_norms_sq.permute(1, 2, 0).reshape(-1),
+            True,
+        )
+    return preact.reshape(batch, units), unit_norms_sq.reshape(-1), False
 
 
 def _encode_conv2d_naive(

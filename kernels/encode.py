@@ -95,7 +95,7 @@ def _row_norms_sq_kernel(
 @triton.heuristics(
     {
         "BLOCK_H": lambda args: forward_block_h(args["H"]),
-        "BLOCK_K": lambda args: forward_block_k(args["x_ptr"].element_size()),
+        "BLOCK_K": lambda args: forward_block_k(args["x_ptr"].element_size(), args["INPUT_PRECISION"]),
     }
 )
 @triton.jit

@@ -63,8 +63,12 @@ if INTERPRETED:
 # sizes the per-tile penalty buffer (B, cdiv(H, BLOCK_H)) with it, and the
 # penalty's summation order follows it.
 FORWARD_BLOCK_H = 16 if INTERPRETED else 128
-# The reduction step of the forward GEMM, per input element size in bytes.
+# The reduction step of the forward GEMM, per input element size in bytes;
+# exact float32 (FMA products, no tensor cores) takes 16: its operand
+# fragments live in registers, and 32 spilled in the epilogue of tanh and
+# softplus under Triton 3.6.
 FORWARD_BLOCK_K = {2: 64, 4: 32, 8: 32}
+FORWARD_BLOCK_K_EXACT_FP32 = 16
 
 
 def _config(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
@@ -137,8 +141,12 @@ def forward_configs() -> list[triton.Config]:
     return (configs if AUTOTUNE else configs[:1]) + [NARROW_FORWARD_CONFIG]
 
 
-def forward_block_k(element_size: int) -> int:
-    return 16 if INTERPRETED else FORWARD_BLOCK_K[element_size]
+def forward_block_k(element_size: int, input_precision: str) -> int:
+    if INTERPRETED:
+        return 16
+    if element_size == 4 and input_precision == "ieee":
+        return FORWARD_BLOCK_K_EXACT_FP32
+    return FORWARD_BLOCK_K[element_size]
 
 
 def forward_prune(configs, named_args, **kwargs):
@@ -151,7 +159,7 @@ def forward_prune(configs, named_args, **kwargs):
     )
     narrow = element_size == 8 or (element_size == 4 and kwargs.get("INPUT_PRECISION") == "ieee")
     block_h = forward_block_h(named_args["H"])
-    block_k = forward_block_k(element_size)
+    block_k = forward_block_k(element_size, kwargs.get("INPUT_PRECISION", "ieee"))
     budget = _shared_memory_bytes()
     for_dtype = [c for c in configs if (c is NARROW_FORWARD_CONFIG) == narrow] or configs
     fitting = [

@@ -181,7 +181,7 @@ def _constexprs_and_signature(fn, spec: KernelSpec, variant: Variant, config) ->
     constexprs.update({name: 1 for name in spec.unit_ints})
     if "ROW_ALIGN" in fn.arg_names:
         constexprs["ROW_ALIGN"] = variant.alignment
-    constexprs.update(_fixed_constexprs(variant.kernel, ELEMENT_SIZES[element]))
+    constexprs.update(_fixed_constexprs(variant.kernel, ELEMENT_SIZES[element], precision))
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -198,12 +198,12 @@ def _constexprs_and_signature(fn, spec: KernelSpec, variant: Variant, config) ->
     return constexprs, signature, attrs
 
 
-def _fixed_constexprs(kernel: str, element_size: int) -> dict:
+def _fixed_constexprs(kernel: str, element_size: int, precision: str) -> dict:
     """The forward's block sizes set by heuristics rather than its configs."""
     from fastcae.kernels import tuning
 
     if kernel == "forward":
-        return {"BLOCK_H": tuning.FORWARD_BLOCK_H, "BLOCK_K": tuning.forward_block_k(element_size)}
+        return {"BLOCK_H": tuning.FORWARD_BLOCK_H, "BLOCK_K": tuning.forward_block_k(element_size, precision)}
     return {}
 
 
@@ -325,6 +325,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mode", choices=["shipped", "representative"], default="shipped")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--kernels", nargs="+", help="only these kernels (default: all)")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="only these dtypes (default: all)")
     parser.add_argument("--quiet", action="store_true", help="print only the problems and the summary")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -332,7 +333,8 @@ def main(argv: list[str]) -> int:
         (v, arch)
         for arch in args.arch
         for v in variants(args.mode, arch)
-        if args.kernels is None or v.kernel in args.kernels
+        if (args.kernels is None or v.kernel in args.kernels)
+        and (args.dtypes is None or v.dtype in args.dtypes)
     ]
     failures = 0
     with tempfile.TemporaryDirectory() as cache_dir:
