@@ -50,8 +50,6 @@ namespace {
 // the 2-core CI machine, see BENCHMARKS.md).
 constexpr int64_t kMinSlabGroups = 4;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // How many column slabs (one per thread) the work is split into, or 0 for the
 // rows path. Slabs split W between the threads and give each all of x, so they
 // pay off while x is the smaller operand (B < H) and each slab is at least
