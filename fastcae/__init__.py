@@ -2,6 +2,7 @@
 
 h, p = fastcae.encode(x, W, b)              # code (B, H) and ‖∂h/∂x‖²_F per sample (B,)
 loss = recon_loss + lam * fastcae.penalty(x, W, b)
+fastcae.jacobian_penalty(encoder, x)        # ‖∂f(x)/∂x‖²_F of a whole (deep) encoder
 
 The submodules ``fastcae.nn``, ``fastcae.data``, ``fastcae.train``,
 ``fastcae.plots`` and ``fastcae.cli`` are imported on first access (PEP 562),
@@ -11,6 +12,7 @@ so ``import fastcae`` does not load their dependencies.
 import importlib
 
 from .activations import ACTIVATION_NAMES
+from .deep import jacobian_penalty
 from .dispatch import BackendUnavailableError, backends
 from .functional import EncoderOutput, encode, penalty, penalty_hessian
 from .geometry import ContractionReport, Tangents, contraction_report, jacobian, tangents
@@ -41,6 +43,7 @@ __all__ = [
     "contraction_report",
     "encode",
     "jacobian",
+    "jacobian_penalty",
     "penalty",
     "penalty_hessian",
     "tangents",
