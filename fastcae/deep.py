@@ -232,15 +232,19 @@ def encode_chain(
 
 
 def _chain_forward(layers: Sequence[Layer], x: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """h_L and the slopes φ_l'(z_l) (B, H_l) of every layer, in the accumulation dtype,
-    taken from z (accurate for saturated units, as in the fused forward)."""
+    """h_L and the slopes φ_l'(z_l) (B, H_l) of every layer, in the accumulation dtype.
+
+    The slopes are written from the codes, as the fused backward pass does: one
+    elementwise step on a tensor the forward pass has anyway (from z, a sigmoid's
+    slope costs two more sigmoids, and their backward). A unit saturated past the
+    resolution of its code gets slope 0, off by less than that resolution.
+    """
     compute = acc_dtype(x.dtype)
     code, slopes = x, []
     for layer in layers:
         act = ACTIVATIONS[layer.activation]
-        preact = F.linear(code, layer.weight, layer.bias)
-        code = act.forward(preact)
-        slopes.append(act.slope(preact.to(compute)))
+        code = act.forward(F.linear(code, layer.weight, layer.bias))
+        slopes.append(act.slope_from_code(code.to(compute)))
     return code, slopes
 
 
@@ -383,8 +387,9 @@ def _exact_chain_penalty(slopes: Sequence[Tensor], weights: Sequence[Tensor]) ->
     recompute = needs_graph and batch * plan.per_sample_elements > _BUDGET_ELEMENTS
     run = functools.partial(_exact_chunk, plan, len(slopes))
     parts = []
-    for start in range(0, batch, chunk):
-        pieces = [d[start : start + chunk] for d in slopes]
+    # split, not slicing: the backward pass concatenates the chunks' gradients once
+    # instead of scattering each into a zeroed (B, H_l) tensor.
+    for pieces in zip(*(d.split(chunk) for d in slopes), strict=True):
         if recompute:
             parts.append(checkpoint(run, *pieces, *factors, use_reentrant=False, preserve_rng_state=False))
         else:
@@ -427,6 +432,9 @@ def orthonormal_projections(
     Gaussian (dim, k) matrix spans a uniformly random k-dimensional subspace, so
     E[Σ_i q_i q_iᵀ] = (k/dim) I.
     """
+    if count == 1 or dim == 1:  # the Q factor of one column is the column, normalized
+        gaussian = torch.randn(1, batch, dim, generator=generator, dtype=dtype, device=device)
+        return gaussian / torch.linalg.vector_norm(gaussian, dim=-1, keepdim=True)
     gaussian = torch.randn(batch, dim, min(count, dim), generator=generator, dtype=dtype, device=device)
     return torch.linalg.qr(gaussian).Q.permute(2, 0, 1)
 
