@@ -276,6 +276,16 @@ class StackedContractiveAutoencoder(nn.Module):
             x = layer.encoder(x).code
         return x
 
+    def decoder_logits(self, code: Tensor) -> Tensor:
+        """Decode the top code (B, H_L) down through the stack: the first layer's logits (B, D), before ψ."""
+        for layer in list(reversed(self.layers))[:-1]:
+            code = layer.decode(code)
+        return self.layers[0].decoder_logits(code)
+
+    def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Per-sample reconstruction error of the input (B,), by the first layer's decoder."""
+        return self.layers[0].reconstruction_error(logits, x)
+
     def forward(self, x: Tensor) -> AutoencoderOutput:
         """Encode through every layer and decode back down; penalty is the sum of the layers' penalties."""
         code, penalty = (
@@ -298,10 +308,7 @@ class StackedContractiveAutoencoder(nn.Module):
         for layer in self.layers:
             code, layer_penalty = layer.encoder(code)
             contractive_terms.append(layer.contractive_weight * layer_penalty.mean())
-        for layer in list(reversed(self.layers))[:-1]:
-            code = layer.decode(code)
-        first = self.layers[0]
-        reconstruction = first.reconstruction_error(first.decoder_logits(code), x).mean()
+        reconstruction = self.reconstruction_error(self.decoder_logits(code), x).mean()
         contractive = torch.stack(contractive_terms).sum()
         total = reconstruction + contractive
         return AutoencoderLoss(total, reconstruction.detach(), contractive.detach(), total.new_zeros(()))
