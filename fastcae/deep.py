@@ -70,7 +70,7 @@ AUTO_EXACT_FORWARDS = 4
 # instead (256 MiB in float32).
 _BUDGET_ELEMENTS = 1 << 26
 # Temporaries of a chunk's backward pass, in units of its intermediates' size
-# (measured: the Gram step's P and dM, the scaled operand, autograd's products).
+# (the Gram step's M' G and dM', the scaled operand, autograd's elementwise products).
 _BACKWARD_COPIES = 4
 # Samples of the batch-consistency probe of encoders fastcae cannot see into.
 _PROBE_SAMPLES = 8
@@ -300,9 +300,7 @@ def _exact_plan(sizes: tuple[int, ...], batch: int) -> _ChainPlan:
     direct_cost, direct_splits, direct_elements = _chain_order(sizes[::-1])
     gram_cost, gram_splits, gram_elements = _chain_order(sizes[:0:-1])
     gram_cost += top * hidden_1 * hidden_1 + hidden_1 * hidden_1 * features / max(batch, 1)
-    if len(sizes) == 3:  # M' = W_2 D_1 is a scaled copy of W_2, not a product
-        gram_elements = top * hidden_1
-    gram_elements += top * hidden_1  # M' G
+    gram_elements += 2 * top * hidden_1  # M' (the chain scaled by D_1) and M' G
     if gram_cost < direct_cost:
         return _ChainPlan(True, gram_splits, gram_cost, gram_elements)
     return _ChainPlan(False, direct_splits, direct_cost, direct_elements)
@@ -500,7 +498,7 @@ def _penalty_of_function(
         with torch.enable_grad():
             inputs = x if x.requires_grad else x.detach().requires_grad_()
             codes = encoder(inputs)
-            for direction in directions:
+            for direction in directions if codes.requires_grad else ():  # else J = 0
                 (pullback,) = torch.autograd.grad(
                     codes, inputs, direction, create_graph=keep_graph, retain_graph=True, allow_unused=True
                 )
