@@ -562,9 +562,7 @@ class DeepContractiveAutoencoder(nn.Module):
 
 
 def _reconstruction_error(logits: Tensor, x: Tensor, decoder_activation: str) -> Tensor:
-    """Per-sample reconstruction error summed over features (B,), from the decoder's logits:
-    binary cross-entropy for a sigmoid decoder (computed from logits, which is stable),
-    squared error for an identity decoder."""
+    """:meth:`ContractiveAutoencoder.reconstruction_error` for a decoder activation ψ."""
     if decoder_activation == "sigmoid":
         errors = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
     else:

@@ -13,7 +13,7 @@ and reports, on the held-out split: the fraction of the whole encoder's singular
 values below 1, its largest singular values, mean ‖J‖_F, held-out reconstruction
 error, linear-probe accuracy of the top codes, and the time to train.
 
-    python scripts/evidence_deep.py [--out docs/evidence] [--layers 64,256,128] [--epochs 100] [--lambda 0.5]
+    python scripts/evidence_deep.py [--out docs/evidence] [--layers 64,256,128] [--epochs 50] [--lambda 0.5]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/evidence")
     parser.add_argument("--layers", default="64,256,128", help="D,H1,H2,...")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs (per layer for the stack)")
+    parser.add_argument("--epochs", type=int, default=50, help="epochs (per layer for the stack)")
     parser.add_argument("--lambda", dest="contractive_weight", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
