@@ -1,7 +1,7 @@
 # The README's commands. Each target installs what it needs: a virtual
 # environment with torch and the project built into it (editable).
 #
-#   make bench      the benchmark suite (the project's main job)
+#   make bench      the benchmark suite (the project's main job), the targets, the deep-encoder penalty
 #   make test       lint + the test suite + a quick benchmark smoke run
 #   make gpu-check  on a GPU machine with no network: build, GPU tests, targets, sanitizer (8 min)
 #   make test-low   the test suite at the low end of the supported range (the GPU
@@ -58,6 +58,7 @@ test-low:
 bench: install
 	FASTCAE_BENCH_OUT=$(BENCH_OUT) $(PY) -m pytest benchmarks -p no:cacheprovider
 	$(PY) -m benchmarks.targets --device $$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')") --out-dir $(BENCH_OUT)
+	$(PY) -m benchmarks.deep --out-dir $(BENCH_OUT)
 
 # OUT=folder for the results. Runs in $(PYTHON) as it is (no venv, nothing installed); see
 # DEVELOPERS.md, "The GPU check". `python3 scripts/gpu_check.py --plan` shows its phases.

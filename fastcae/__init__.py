@@ -3,6 +3,7 @@
 h, p = fastcae.encode(x, W, b)              # code (B, H) and ‖∂h/∂x‖²_F per sample (B,)
 loss = recon_loss + lam * fastcae.penalty(x, W, b)
 h, p = fastcae.encode_conv2d(x, K, b, stride=2, padding=1)  # a Conv2d layer, exact, O(output)
+fastcae.jacobian_penalty(encoder, x)        # ‖∂f(x)/∂x‖²_F of a whole (deep) encoder
 
 The submodules ``fastcae.nn``, ``fastcae.data``, ``fastcae.train``,
 ``fastcae.plots`` and ``fastcae.cli`` are imported on first access (PEP 562),
@@ -13,6 +14,7 @@ import importlib
 
 from .activations import ACTIVATION_NAMES
 from .conv import encode_conv2d, penalty_conv2d
+from .deep import jacobian_penalty
 from .dispatch import BackendUnavailableError, backends
 from .functional import EncoderOutput, encode, penalty, penalty_hessian
 from .geometry import ContractionReport, Tangents, contraction_report, jacobian, tangents
@@ -44,6 +46,7 @@ __all__ = [
     "encode",
     "encode_conv2d",
     "jacobian",
+    "jacobian_penalty",
     "penalty",
     "penalty_conv2d",
     "penalty_hessian",

@@ -8,7 +8,7 @@ values raise ValueError.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -109,6 +109,44 @@ def check_encoder_args(x: object, weight: object, bias: object, activation: obje
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
         _check_like_x("bias", bias, dtype, device)
     check_choice("activation", activation, ACTIVATION_NAMES)
+
+
+def check_chain_args(x: object, layers: Sequence[tuple[object, object, object]]) -> None:
+    """Validate a stack of encoder layers (weight, bias, activation), bottom first, applied to x.
+
+    Each layer as in :func:`check_encoder_args`, with in_features equal to the
+    hidden_features of the layer below (D for the first).
+    """
+    if not layers:
+        raise ValueError("an encoder needs at least one layer")
+    check_encoder_args(x, *layers[0])
+    for index, (weight, bias, activation) in enumerate(layers[1:], start=1):
+        below = layers[index - 1][0].shape[0]
+        weight = check_tensor(f"weight of layer {index}", weight)
+        if weight.dim() != 2 or weight.shape[1] != below:
+            raise ValueError(
+                f"weight of layer {index} must be (hidden_features, {below}) to take the {below} codes of "
+                f"layer {index - 1}, got shape {tuple(weight.shape)}"
+            )
+        _check_like_x(f"weight of layer {index}", weight, x.dtype, x.device)
+        if bias is not None:
+            bias = check_tensor(f"bias of layer {index}", bias)
+            if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+                raise ValueError(
+                    f"bias of layer {index} must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
+                )
+            _check_like_x(f"bias of layer {index}", bias, x.dtype, x.device)
+        check_choice(f"activation of layer {index}", activation, ACTIVATION_NAMES)
+
+
+def check_generator(generator: object, device: torch.device) -> None:
+    """Accept None or a torch.Generator on ``device``'s type (where random draws for x are made)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but x is on {device}")
 
 
 def _check_like_x(name: str, tensor: Tensor, dtype: torch.dtype, device: torch.device) -> None:

@@ -2,6 +2,8 @@
 
     fastcae info
     fastcae train --dataset digits --hidden 256 --lambda 0.1 --epochs 50 --out runs/cae
+    fastcae train --dataset mnist.npz --layers 784,500,250 --joint --out runs/deep   (a deep CAE)
+    fastcae train --dataset mnist.npz --layers 784,500,250 --out runs/stacked        (stacked CAEs)
     fastcae tangents --checkpoint runs/cae --out tangents.png
     fastcae filters --checkpoint runs/cae --out filters.png
     fastcae bench [pytest arguments]
@@ -48,6 +50,7 @@ def _argument(convert, check, name: str):
 def build_parser() -> argparse.ArgumentParser:
     from ._validation import check_int_in_range, check_non_negative, check_positive, check_positive_int
     from .activations import ACTIVATION_NAMES
+    from .deep import ESTIMATORS
     from .nn import DECODER_ACTIVATIONS
 
     _positive_int = _argument(int, check_positive_int, "positive integer")
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _non_negative_float = _argument(float, check_non_negative, "non-negative number")
     _positive_float = _argument(float, check_positive, "positive number")
+    _sizes = _argument(_size_list, _check_sizes, "layer sizes")
 
     parser = _Parser(prog="fastcae", description="Contractive autoencoders with a fused Jacobian penalty.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -70,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kernel", type=_positive_int, default=3, help="conv: kernel size")
     train.add_argument("--stride", type=_positive_int, default=1, help="conv: stride")
     train.add_argument("--padding", type=_non_negative_int, default=1, help="conv: zero padding")
+    train.add_argument("--layers", type=_sizes, default=None, metavar="D,H1,H2,...",
+                       help="a deep encoder of these sizes (D first) instead of one layer of --hidden: "
+                            "stacked CAEs trained greedily, --epochs per layer, or with --joint, "
+                            "one deep CAE")  # fmt: skip
+    train.add_argument("--joint", action="store_true",
+                       help="train the --layers jointly, penalizing the whole Jacobian")  # fmt: skip
+    train.add_argument("--estimator", choices=ESTIMATORS, default="auto",
+                       help="--joint: the penalty exact, or estimated by random projections")  # fmt: skip
+    train.add_argument("--projections", type=_positive_int, default=1,
+                       help="--joint: random projections per sample of the estimate")  # fmt: skip
     train.add_argument("--activation", choices=ACTIVATION_NAMES, default="sigmoid")
     train.add_argument("--decoder-activation", choices=DECODER_ACTIVATIONS, default="sigmoid")
     train.add_argument("--lambda", dest="contractive_weight", type=_non_negative_float, default=0.1,
@@ -99,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="run the benchmark suite (pytest-benchmark); extra args go to pytest")
     return parser
+
+
+def _size_list(text: str) -> list[int]:
+    """ "784,500,250" -> [784, 500, 250]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"value must be sizes separated by commas, like 784,500,250; got {text!r}") from None
+
+
+def _check_sizes(name: str, sizes: list[int]) -> list[int]:
+    from ._validation import check_positive_int
+
+    if len(sizes) < 2:
+        raise ValueError(f"{name} must list the input size and at least one hidden size, got {sizes}")
+    for size in sizes:
+        check_positive_int(name, size)
+    return sizes
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -157,6 +189,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
         out=args.out,
+        layers=args.layers,
+        joint=args.joint,
+        estimator=args.estimator,
+        n_projections=args.projections,
     )
     try:
         result = train(config, progress=not args.no_progress)
@@ -199,11 +235,16 @@ def _load(checkpoint: str):
 
 
 def cmd_tangents(args: argparse.Namespace) -> int:
+    from .deep import encoder_layers
     from .plots import plot_tangents
 
     model, data, image_shape = _load(args.checkpoint)
-    if not hasattr(model.encoder, "weight"):
+    layers = encoder_layers(model)
+    if layers is None:
         raise UsageError("fastcae tangents: error: tangents are drawn for dense models (--model dense) only")
+    if len(layers) > 1:
+        raise UsageError("fastcae tangents: error: the checkpoint's encoder has several layers; tangents "
+                         "are drawn for one-layer models")  # fmt: skip
     plot_tangents(model, data.x, image_shape, Path(args.out), samples=args.samples, k=args.k,
                   neighbors=args.neighbors)  # fmt: skip
     print(f"wrote {args.out}")
@@ -211,11 +252,13 @@ def cmd_tangents(args: argparse.Namespace) -> int:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
+    from .deep import encoder_layers
     from .plots import plot_filters
 
     model, _, image_shape = _load(args.checkpoint)
-    if hasattr(model.encoder, "weight"):
-        filters = model.encoder.weight.detach()
+    layers = encoder_layers(model)
+    if layers is not None:
+        filters = layers[0].weight.detach()  # of a deep encoder, the filters on the input
     else:  # a conv model: its kernels (C_out, 1, k, k) as k × k images
         kernels = model.model.encoder.weight.detach()
         filters, image_shape = kernels.flatten(1), tuple(kernels.shape[2:])

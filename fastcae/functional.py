@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._precision import acc_dtype
-from ._validation import check_encoder_args, check_non_negative, check_positive_int, check_reduction
+from ._validation import (
+    check_encoder_args,
+    check_generator,
+    check_non_negative,
+    check_positive_int,
+    check_reduction,
+)
 from .dispatch import resolve_backend
 from .ops import encode as encode_op
 from .ops import hessian as hessian_op
@@ -180,8 +186,7 @@ def penalty_hessian(
     check_reduction(reduction)
     sigma = check_non_negative("sigma", sigma)
     check_positive_int("n_samples", n_samples)
-    if generator is not None and generator.device.type != x.device.type:
-        raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
+    check_generator(generator, x.device)
     autocast_dtype = _autocast_dtype(x.device.type)
     if autocast_dtype is not None:
         x, weight, bias = _cast_for_autocast((x, weight, bias), autocast_dtype)

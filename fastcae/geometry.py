@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ._validation import check_encoder_args, check_int_in_range, check_tensor
 from .activations import ACTIVATIONS
+from .deep import Layer, chain_jacobian, encoder_layers
 
 _CHUNK_ELEMENTS = 1 << 24
 _EPS64 = torch.finfo(torch.float64).eps
@@ -184,10 +185,13 @@ def contraction_report(
             ``bias`` and ``activation`` (such as an encoder module; ``activation``
             may be missing when given here), or an object whose ``encoder``
             attribute is one (such as an autoencoder module). weight is (H, D),
-            bias (H,) or None.
+            bias (H,) or None. Or a stack of fastcae layers
+            (:func:`fastcae.deep.encoder_layers`: a deep or stacked model, a list
+            of encoder layers), whose whole Jacobian J_b = D_L W_L ⋯ D_1 W_1 (H_L, D)
+            is then summarised, formed explicitly one chunk of samples at a time.
         x: inputs, shape (B, D) with B ≥ 1.
         activation: φ; by default the model's, else "sigmoid". If both are given
-            they must agree.
+            they must agree. Not for stacks, whose layers name their own.
 
     Returns:
         A :class:`ContractionReport`; ``print`` it for a summary. Computed in
@@ -199,6 +203,11 @@ def contraction_report(
         ValueError: a tuple of the wrong length, conflicting activations, an
             empty batch or weight; bad shapes as in :func:`jacobian`.
     """
+    layers = encoder_layers(model_or_weights)
+    if layers is not None and len(layers) > 1:
+        if activation is not None:
+            raise ValueError("activation= is for one layer; the layers of a stack name their own")
+        return _chain_contraction_report(layers, x)
     weight, bias, activation = _encoder_parameters(model_or_weights, activation)
     check_encoder_args(x, weight, bias, activation)
     hidden, features = weight.shape
@@ -225,6 +234,42 @@ def contraction_report(
         top_singular_values=tuple(spectrum[:5].tolist()),
         spectrum=spectrum,
     )
+
+
+def _chain_contraction_report(layers: tuple[Layer, ...], x: Tensor) -> ContractionReport:
+    """:func:`contraction_report` of a stack of layers, from its explicit Jacobians in float64."""
+    check_tensor("x", x)
+    if x.dim() == 2 and x.shape[0] == 0:
+        raise ValueError("x must hold at least one sample, got an empty batch")
+    wide = [
+        Layer(layer.weight.detach().double(), _double(layer.bias), layer.activation, layer.backend)
+        for layer in layers
+    ]
+    hidden, features = wide[-1].weight.shape[0], x.shape[-1]
+    rank = min(hidden, features)
+    per_sample = hidden * features + 2 * rank * rank
+    frobenius, below_one = [], 0
+    spectrum_sum = torch.zeros(rank, dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for chunk in x.detach().double().split(max(1, _CHUNK_ELEMENTS // per_sample)):
+            jac = chain_jacobian(wide, chunk)  # (c, H_L, D)
+            gram = jac @ jac.transpose(1, 2) if hidden <= features else jac.transpose(1, 2) @ jac
+            singular = _singular_values(torch.linalg.eigvalsh(gram))
+            frobenius.append(jac.square().sum((1, 2)).sqrt())
+            spectrum_sum += singular.sum(0)
+            below_one += int((singular < 1).sum())
+    spectrum = (spectrum_sum / x.shape[0]).cpu()
+    return ContractionReport(
+        num_samples=x.shape[0],
+        frobenius_mean=torch.cat(frobenius).mean().item(),
+        fraction_below_one=below_one / (x.shape[0] * rank),
+        top_singular_values=tuple(spectrum[:5].tolist()),
+        spectrum=spectrum,
+    )
+
+
+def _double(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.detach().double()
 
 
 def local_pca_tangents(queries: Tensor, data: Tensor, *, n_neighbors: int = 10, k: int = 4) -> Tensor:

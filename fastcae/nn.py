@@ -14,6 +14,10 @@
   penalty (:func:`fastcae.encode_conv2d`), laid out like ``nn.Conv2d``.
 - :class:`ConvContractiveAutoencoder`: a conv encoder with a tied
   transposed-conv decoder (the same kernel), for images.
+- :class:`DeepContractiveEncoder`: a stack of encoder layers with the penalty of
+  the whole stack's Jacobian ‖∂h_L/∂x‖²_F (:func:`fastcae.jacobian_penalty`).
+- :class:`DeepContractiveAutoencoder`: that encoder and a mirrored decoder,
+  trained jointly: the alternative to stacking single-layer CAEs.
 
 Losses follow the CAE papers: the reconstruction error is summed over features
 and averaged over the batch, and the penalties are averaged over the batch:
@@ -32,9 +36,10 @@ from torch import Tensor, nn
 
 from ._precision import acc_dtype
 from ._validation import check_choice, check_non_negative, check_pair, check_positive_int
-from .activations import ACTIVATION_NAMES
+from .activations import ACTIVATION_NAMES, ACTIVATIONS
 from .conv import encode_conv2d
-from .functional import encode, penalty_hessian
+from .deep import ESTIMATORS, encode_chain, encoder_layers
+from .functional import EncoderOutput, encode, penalty_hessian
 
 DECODER_ACTIVATIONS: tuple[str, ...] = ("sigmoid", "identity")
 
@@ -176,6 +181,10 @@ class ContractiveAutoencoder(nn.Module):
         logits = self.decoder_logits(code)
         return torch.sigmoid(logits) if self.decoder_activation == "sigmoid" else logits
 
+    def encode(self, x: Tensor) -> Tensor:
+        """The code h (B, H)."""
+        return self.encoder(x).code
+
     def forward(self, x: Tensor) -> AutoencoderOutput:
         code, penalty = self.encoder(x)
         return AutoencoderOutput(self.decode(code), code, penalty)
@@ -184,11 +193,7 @@ class ContractiveAutoencoder(nn.Module):
         """Per-sample reconstruction error summed over features (B,), from the decoder's logits:
         binary cross-entropy for a sigmoid decoder (computed from logits, which is stable),
         squared error for an identity decoder."""
-        if self.decoder_activation == "sigmoid":
-            errors = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
-        else:
-            errors = (logits - x).pow(2)
-        return errors.sum(dim=1)
+        return _reconstruction_error(logits, x, self.decoder_activation)
 
     def loss(self, x: Tensor, *, generator: torch.Generator | None = None) -> AutoencoderLoss:
         """Reconstruction error + λ·mean penalty (+ γ·mean CAE+H term), with the parts.
@@ -470,11 +475,25 @@ class StackedContractiveAutoencoder(nn.Module):
             for i in range(len(sizes) - 1)
         )
 
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
     def encode(self, x: Tensor, depth: int | None = None) -> Tensor:
         """The code of layer ``depth`` (default: the top), (B, D) -> (B, sizes[depth])."""
         for layer in self.layers[: len(self.layers) if depth is None else depth]:
             x = layer.encoder(x).code
         return x
+
+    def decoder_logits(self, code: Tensor) -> Tensor:
+        """Decode the top code (B, H_L) down through the stack: the first layer's logits (B, D), before ψ."""
+        for layer in list(reversed(self.layers))[:-1]:
+            code = layer.decode(code)
+        return self.layers[0].decoder_logits(code)
+
+    def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Per-sample reconstruction error of the input (B,), by the first layer's decoder."""
+        return self.layers[0].reconstruction_error(logits, x)
 
     def forward(self, x: Tensor) -> AutoencoderOutput:
         """Encode through every layer and decode back down; penalty is the sum of the layers' penalties."""
@@ -498,10 +517,7 @@ class StackedContractiveAutoencoder(nn.Module):
         for layer in self.layers:
             code, layer_penalty = layer.encoder(code)
             contractive_terms.append(layer.contractive_weight * layer_penalty.mean())
-        for layer in list(reversed(self.layers))[:-1]:
-            code = layer.decode(code)
-        first = self.layers[0]
-        reconstruction = first.reconstruction_error(first.decoder_logits(code), x).mean()
+        reconstruction = self.reconstruction_error(self.decoder_logits(code), x).mean()
         contractive = torch.stack(contractive_terms).sum()
         total = reconstruction + contractive
         return AutoencoderLoss(total, reconstruction.detach(), contractive.detach(), total.new_zeros(()))
@@ -528,19 +544,27 @@ class StackedContractiveAutoencoder(nn.Module):
         """
         history = []
         for depth, layer in enumerate(self.layers):
-
-            def layer_loss(x: Tensor, depth: int = depth, layer: ContractiveAutoencoder = layer) -> Tensor:
-                with torch.no_grad():
-                    inputs = self.encode(x, depth)
-                return layer.loss(inputs).total
-
             report = (
                 None if on_epoch is None else (lambda epoch, loss, depth=depth: on_epoch(depth, epoch, loss))
             )
             history.append(
-                _train_epochs(layer.parameters(), batches, layer_loss, epochs, lr, optimizer, report)
+                _train_epochs(
+                    layer.parameters(),
+                    batches,
+                    lambda x, depth=depth: self.layer_loss(x, depth).total,
+                    epochs,
+                    lr,
+                    optimizer,
+                    report,
+                )
             )
         return history
+
+    def layer_loss(self, x: Tensor, depth: int) -> AutoencoderLoss:
+        """The greedy loss of layer ``depth``: its CAE loss on the code of the (frozen) layers below."""
+        with torch.no_grad():
+            inputs = self.encode(x, depth)
+        return self.layers[depth].loss(inputs)
 
     def fine_tune(
         self,
@@ -555,6 +579,204 @@ class StackedContractiveAutoencoder(nn.Module):
         return _train_epochs(
             self.parameters(), batches, lambda x: self.loss(x).total, epochs, lr, optimizer, on_epoch
         )
+
+
+class DeepContractiveEncoder(nn.Module):
+    """Encoder layers h_l = φ(h_{l-1} W_lᵀ + b_l), l = 1..L, with the penalty of the whole stack.
+
+    The penalty is ‖∂h_L/∂x_b‖²_F = ‖D_L W_L ⋯ D_1 W_1‖²_F per sample (not the sum
+    of the layers' own penalties), exact or estimated as in
+    :func:`fastcae.jacobian_penalty`, from the same forward pass as the code.
+
+    Args:
+        sizes: [D, H_1, ..., H_L], at least two entries.
+        activation, bias, backend: as in :class:`ContractiveEncoder`, shared by every layer
+            (the backend serves the one-layer exact case, which is the fused op).
+        estimator: "auto", "exact" or "projection".
+        n_projections: directions per sample of the projection estimate.
+
+    Shapes: ``forward(x)`` takes x (B, D) and returns
+    ``EncoderOutput(code (B, H_L), penalty (B,))``; ``encode(x)`` the code alone.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        *,
+        activation: str = "sigmoid",
+        bias: bool = True,
+        estimator: str = "auto",
+        n_projections: int = 1,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must list at least the input and one hidden size, got {sizes!r}")
+        self.estimator = check_choice("estimator", estimator, ESTIMATORS)
+        self.n_projections = check_positive_int("n_projections", n_projections)
+        factory = {"device": device, "dtype": dtype}
+        self.layers = nn.ModuleList(
+            ContractiveEncoder(
+                sizes[i], sizes[i + 1], activation=activation, bias=bias, backend=backend, **factory
+            )
+            for i in range(len(sizes) - 1)
+        )
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.layers[0].in_features, *(layer.hidden_features for layer in self.layers)]
+
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> EncoderOutput:
+        """Code and whole-encoder penalty; ``generator`` seeds the projections (on x's device)."""
+        layers = encoder_layers(self)
+        return encode_chain(
+            layers, x, estimator=self.estimator, n_projections=self.n_projections, generator=generator
+        )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The code h_L (B, H_L), without the penalty."""
+        for layer in self.layers:
+            x = ACTIVATIONS[layer.activation].forward(F.linear(x, layer.weight, layer.bias))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"estimator={self.estimator!r}, n_projections={self.n_projections}"
+
+
+class DeepContractiveAutoencoder(nn.Module):
+    """A deep autoencoder trained jointly with the contractive penalty of its whole encoder.
+
+    Encoder: :class:`DeepContractiveEncoder` over sizes = [D, H_1, ..., H_L]. The
+    decoder mirrors it, r_{l-1} = φ(r_l W'_l + c_{l-1}) for l = L..2 and
+    r = ψ(r_1 W'_1 + c_0), with W'_l = W_l (tied, the default) or separate weights:
+
+        loss = mean_b L(x_b, r_b) + λ mean_b ‖∂h_L/∂x_b‖²_F
+
+    Unlike :class:`StackedContractiveAutoencoder`, whose layers are each
+    contractive on their own code, the penalty here is on the Jacobian of the
+    whole encoder, the quantity a deep CAE means to keep small.
+
+    Args:
+        sizes: [D, H_1, ..., H_L], at least two entries.
+        activation: φ of every encoder layer and of the decoder's hidden layers.
+        decoder_activation: ψ of the output, "sigmoid" (binary cross-entropy,
+            inputs in [0, 1]) or "identity" (squared error).
+        tied: decode with the encoder's weights, transposed.
+        contractive_weight: λ (0: a plain deep autoencoder; the penalty is then not computed).
+        estimator, n_projections: how the penalty is computed (:func:`fastcae.jacobian_penalty`).
+        backend: passed to :class:`ContractiveEncoder`.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        *,
+        activation: str = "sigmoid",
+        decoder_activation: str = "sigmoid",
+        tied: bool = True,
+        contractive_weight: float = 0.1,
+        estimator: str = "auto",
+        n_projections: int = 1,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.encoder = DeepContractiveEncoder(
+            sizes,
+            activation=activation,
+            estimator=estimator,
+            n_projections=n_projections,
+            backend=backend,
+            **factory,
+        )
+        self.decoder_activation = check_choice("decoder_activation", decoder_activation, DECODER_ACTIVATIONS)
+        self.tied = bool(tied)
+        self.contractive_weight = check_non_negative("contractive_weight", contractive_weight)
+        # decoder_weights[l] maps code l+1 back to code l: (sizes[l+1], sizes[l]), as W_{l+1}.
+        self.decoder_weights = (
+            None
+            if tied
+            else nn.ParameterList(
+                nn.init.xavier_uniform_(torch.empty(sizes[i + 1], sizes[i], **factory))
+                for i in range(len(sizes) - 1)
+            )
+        )
+        self.decoder_biases = nn.ParameterList(torch.zeros(size, **factory) for size in sizes[:-1])
+
+    @property
+    def sizes(self) -> list[int]:
+        return self.encoder.sizes
+
+    @property
+    def in_features(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def hidden_features(self) -> int:
+        return self.sizes[-1]
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The code h_L (B, H_L)."""
+        return self.encoder.encode(x)
+
+    def decoder_logits(self, code: Tensor) -> Tensor:
+        """The decoder's output before ψ (B, D), from the code (B, H_L)."""
+        weights = (
+            [layer.weight for layer in self.encoder.layers]
+            if self.decoder_weights is None
+            else list(self.decoder_weights)
+        )
+        hidden = ACTIVATIONS[self.encoder.layers[0].activation].forward
+        for level in range(len(weights) - 1, 0, -1):
+            code = hidden(torch.addmm(self.decoder_biases[level], code, weights[level]))
+        return torch.addmm(self.decoder_biases[0], code, weights[0])
+
+    def decode(self, code: Tensor) -> Tensor:
+        """r (B, D) from the code (B, H_L)."""
+        logits = self.decoder_logits(code)
+        return torch.sigmoid(logits) if self.decoder_activation == "sigmoid" else logits
+
+    def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Per-sample reconstruction error (B,), as :meth:`ContractiveAutoencoder.reconstruction_error`."""
+        return _reconstruction_error(logits, x, self.decoder_activation)
+
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> AutoencoderOutput:
+        code, penalty = self.encoder(x, generator=generator)
+        return AutoencoderOutput(self.decode(code), code, penalty)
+
+    def loss(self, x: Tensor, *, generator: torch.Generator | None = None) -> AutoencoderLoss:
+        """Reconstruction error + λ·mean whole-encoder penalty, with the parts.
+
+        ``generator`` seeds the projections of the estimate (on x's device).
+        """
+        if self.contractive_weight > 0:
+            code, penalty = self.encoder(x, generator=generator)
+            contractive = penalty.mean()
+        else:
+            code = self.encoder.encode(x)
+            contractive = x.new_zeros((), dtype=acc_dtype(x.dtype))
+        reconstruction = self.reconstruction_error(self.decoder_logits(code), x).mean()
+        total = reconstruction + self.contractive_weight * contractive
+        return AutoencoderLoss(total, reconstruction.detach(), contractive.detach(), total.new_zeros(()))
+
+    def extra_repr(self) -> str:
+        return (
+            f"decoder_activation={self.decoder_activation!r}, tied={self.tied}, "
+            f"contractive_weight={self.contractive_weight}"
+        )
+
+
+def _reconstruction_error(logits: Tensor, x: Tensor, decoder_activation: str) -> Tensor:
+    """:meth:`ContractiveAutoencoder.reconstruction_error` for a decoder activation ψ."""
+    if decoder_activation == "sigmoid":
+        errors = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
+    else:
+        errors = (logits - x).pow(2)
+    return errors.sum(dim=1)
 
 
 def _train_epochs(
@@ -588,5 +810,7 @@ __all__ = [
     "AutoencoderOutput",
     "ContractiveAutoencoder",
     "ContractiveEncoder",
+    "DeepContractiveAutoencoder",
+    "DeepContractiveEncoder",
     "StackedContractiveAutoencoder",
 ]

@@ -1,5 +1,11 @@
 """Training a contractive autoencoder end to end: data, loop, evaluation, files.
 
+Three models: one CAE layer (``hidden``); with ``layers`` = [D, H_1, ..., H_L],
+a deep CAE trained jointly with the penalty of its whole encoder (``joint``,
+:class:`~fastcae.nn.DeepContractiveAutoencoder`) or a stack of CAEs trained
+greedily, ``epochs`` per layer, each on the code of the frozen layers below
+(:class:`~fastcae.nn.StackedContractiveAutoencoder`).
+
 Runs in one process or, under torchrun, with DistributedDataParallel (NCCL on
 GPUs, gloo on CPUs). Every epoch draws one seeded permutation of the training
 set, shared by all ranks, and cuts it into global batches; each rank takes
@@ -10,7 +16,8 @@ global batches (up to floating-point summation order). Only rank 0 writes.
 
 Files written to ``out`` (rank 0):
     checkpoint.pt   model state, the config and the dataset's description
-    metrics.csv     one row per epoch: loss parts, held-out error and ‖J‖_F
+    metrics.csv     one row per epoch: loss parts, held-out error and ‖J‖_F (of the whole
+                    encoder, exact, on the first 1024 held-out samples)
     metrics.json    the config, the last epoch, the contraction report and
                     the linear-probe accuracies (raw inputs vs codes)
 """
@@ -30,12 +37,21 @@ from torch import Tensor, nn
 
 from ._validation import check_choice, check_non_negative, check_positive, check_positive_int
 from .data import Dataset, load_dataset, train_test_split
+from .deep import ESTIMATORS, encoder_layers, jacobian_penalty
 from .functional import EncoderOutput
 from .geometry import contraction_report, explicit_contraction_report
-from .nn import ContractiveAutoencoder, ConvContractiveAutoencoder
+from .nn import (
+    ContractiveAutoencoder,
+    ConvContractiveAutoencoder,
+    DeepContractiveAutoencoder,
+    StackedContractiveAutoencoder,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODELS: tuple[str, ...] = ("dense", "conv")
+# Held-out samples whose exact ‖J‖_F is reported every epoch (for deep encoders
+# the exact penalty costs far more than a forward pass).
+JACOBIAN_EVAL_SAMPLES = 1024
 # Held-out samples whose full Jacobian spectrum the summary of a conv model reports.
 CONV_CONTRACTION_SAMPLES = 32
 
@@ -75,12 +91,17 @@ class FlatImageAutoencoder(nn.Module):
     def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
         return self.model.reconstruction_error(logits, x)
 
-    def encoder_code(self, x: Tensor) -> Tensor:
-        """The code alone (B, U), for Jacobians of the encoder."""
-        return self.encoder(x)[0]
+    def encode(self, x: Tensor) -> Tensor:
+        """The code alone (B, U), flattened."""
+        return self.encoder(x).code
 
     def loss(self, x: Tensor, *, generator: torch.Generator | None = None):
         return self.model.loss(self.images(x))
+
+
+Autoencoder = (
+    ContractiveAutoencoder | DeepContractiveAutoencoder | StackedContractiveAutoencoder | FlatImageAutoencoder
+)
 
 
 @dataclass
@@ -106,6 +127,10 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"
     out: str | None = None
+    layers: list[int] | None = None
+    joint: bool = False
+    estimator: str = "auto"
+    n_projections: int = 1
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field (the CLI turns it into a one-line error)."""
@@ -128,6 +153,22 @@ class TrainConfig:
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_choice("--estimator", self.estimator, ESTIMATORS)
+        check_positive_int("--projections", self.n_projections)
+        if self.layers is None:
+            if self.joint:
+                raise ValueError("--joint trains a deep encoder: give its sizes with --layers D,H1,H2,...")
+            return
+        if len(self.layers) < 2:
+            raise ValueError(
+                f"--layers must list the input size and at least one hidden size, got {self.layers}"
+            )
+        for size in self.layers:
+            check_positive_int("--layers", size)
+        if self.model == "conv":
+            raise ValueError("--layers builds a dense deep encoder; it cannot be combined with --model conv")
+        if self.hessian_weight > 0:
+            raise ValueError("--hessian-weight is for one layer; it cannot be combined with --layers")
 
 
 @dataclass
@@ -144,7 +185,7 @@ class EpochMetrics:
 
 @dataclass
 class TrainResult:
-    model: ContractiveAutoencoder
+    model: Autoencoder
     history: list[EpochMetrics]
     summary: dict = field(default_factory=dict)
 
@@ -182,13 +223,16 @@ def setup_distributed(device_name: str) -> Distributed:
 
 
 class _LossModule(nn.Module):
-    """Wraps the autoencoder so DDP sees the loss computation as its forward."""
+    """Wraps the autoencoder so DDP sees the loss computation as its forward: the model's
+    loss, or for a stack in greedy training, the loss of layer ``stage``."""
 
-    def __init__(self, model: ContractiveAutoencoder) -> None:
+    def __init__(self, model: Autoencoder) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None):
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, stage: int | None = None):
+        if stage is not None:
+            return self.model.layer_loss(x, stage)
         return self.model.loss(x, generator=generator)
 
 
@@ -199,22 +243,25 @@ def global_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> 
     return list(order.split(batch_size))
 
 
-def _evaluate(model: ContractiveAutoencoder, x: Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean reconstruction error and mean ‖J‖_F (= mean sqrt of the penalty) on x."""
-    errors, norms = [], []
+def _evaluate(model: Autoencoder, x: Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean reconstruction error on x and mean ‖J‖_F (the square root of the whole encoder's
+    exact penalty) on its first JACOBIAN_EVAL_SAMPLES samples."""
+    errors = []
     with torch.no_grad():
         for chunk in x.split(batch_size):
-            code, penalty = model.encoder(chunk)
-            errors.append(model.reconstruction_error(model.decoder_logits(code), chunk))
-            norms.append(penalty.sqrt())
-    if not errors:
-        return float("nan"), float("nan")
-    return torch.cat(errors).mean().item(), torch.cat(norms).mean().item()
+            errors.append(model.reconstruction_error(model.decoder_logits(model.encode(chunk)), chunk))
+        if not errors:
+            return float("nan"), float("nan")
+        if isinstance(model, FlatImageAutoencoder):  # the conv layer's own penalty is exact
+            penalty = model.encoder(x[:JACOBIAN_EVAL_SAMPLES]).penalty
+        else:
+            penalty = jacobian_penalty(model, x[:JACOBIAN_EVAL_SAMPLES], estimator="exact", reduction="none")
+    return torch.cat(errors).mean().item(), penalty.sqrt().mean().item()
 
 
-def encode_all(model: ContractiveAutoencoder, x: Tensor, batch_size: int = 1024) -> Tensor:
+def encode_all(model: Autoencoder, x: Tensor, batch_size: int = 1024) -> Tensor:
     with torch.no_grad():
-        return torch.cat([model.encoder(chunk).code for chunk in x.split(batch_size)])
+        return torch.cat([model.encode(chunk) for chunk in x.split(batch_size)])
 
 
 def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, seed: int = 0) -> float:
@@ -230,7 +277,9 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
 def build_model(
     config: TrainConfig, in_features: int, device: torch.device, image_shape: tuple[int, int] | None = None
-) -> ContractiveAutoencoder | FlatImageAutoencoder:
+) -> Autoencoder:
+    """The model the config describes: one CAE layer, a conv CAE on the images, a joint
+    deep CAE, or a CAE stack."""
     if config.model == "conv":
         if image_shape is None:
             raise ValueError(f"--model conv needs image data; dataset {config.dataset!r} has no image shape")
@@ -247,6 +296,27 @@ def build_model(
             device=device,
         )
         return FlatImageAutoencoder(conv, image_shape)
+    if config.layers is not None:
+        if config.layers[0] != in_features:
+            raise ValueError(
+                f"--layers starts with {config.layers[0]} inputs but the dataset has {in_features} features"
+            )
+        common = {
+            "activation": config.activation,
+            "decoder_activation": config.decoder_activation,
+            "tied": config.tied,
+            "contractive_weight": config.contractive_weight,
+            "backend": config.backend,
+        }
+        if config.joint:
+            return DeepContractiveAutoencoder(
+                list(config.layers),
+                estimator=config.estimator,
+                n_projections=config.n_projections,
+                device=device,
+                **common,
+            )
+        return StackedContractiveAutoencoder(list(config.layers), **common).to(device)
     return ContractiveAutoencoder(
         in_features,
         config.hidden,
@@ -271,23 +341,31 @@ def train(config: TrainConfig, *, progress: bool = True, data: Dataset | None = 
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config, dataset.x.shape[1], dist.device, dataset.image_shape)
+    # A stack trains layer by layer (config.epochs each); the others in one stage.
+    greedy = isinstance(model, StackedContractiveAutoencoder)
+    stages = [e // config.epochs for e in range(config.epochs * len(model.layers))] if greedy else None
+    epochs = config.epochs if stages is None else len(stages)
     loss_module: nn.Module = _LossModule(model)
     if dist.world_size > 1:
         device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=device_ids)
+        # In greedy training the other layers' parameters take no part in a stage's loss.
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=device_ids, find_unused_parameters=greedy
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     noise = torch.Generator(device=dist.device).manual_seed(config.seed + 7919 * dist.rank)
 
     history: list[EpochMetrics] = []
-    for epoch in range(config.epochs):
+    for epoch in range(epochs):
         start = time.perf_counter()
+        stage = None if stages is None else stages[epoch]
         batches = global_batches(train_x.shape[0], config.batch_size, config.seed, epoch)
-        bar = _progress_bar(len(batches), epoch, config.epochs, enabled=progress and dist.is_main)
+        bar = _progress_bar(len(batches), epoch, epochs, enabled=progress and dist.is_main)
         sums = torch.zeros(4, dtype=torch.float64)
         seen = 0
         for indices in batches:
             local = indices[dist.rank :: dist.world_size].to(dist.device)
-            parts = loss_module(train_x[local], noise)
+            parts = loss_module(train_x[local], noise, stage)
             # DDP averages gradients over ranks; weighting by the local share makes
             # that average the gradient of the global batch's mean loss.
             scale = local.numel() * dist.world_size / indices.numel()
@@ -340,17 +418,15 @@ def _contraction(model, x: Tensor):
     conv model (explicit float64 Jacobians of the first CONV_CONTRACTION_SAMPLES)."""
     if isinstance(model, FlatImageAutoencoder):
         wide = copy.deepcopy(model).double()
-        return explicit_contraction_report(wide.encoder_code, x[:CONV_CONTRACTION_SAMPLES].double())
+        return explicit_contraction_report(wide.encode, x[:CONV_CONTRACTION_SAMPLES].double())
     return contraction_report(model, x)
-
-
-def _encoder_weight(model) -> Tensor:
-    return model.model.encoder.weight if isinstance(model, FlatImageAutoencoder) else model.encoder.weight
 
 
 def _summarize(config, model, dataset, train_set, test_set, history) -> dict:
     device = next(model.parameters()).device
     report = _contraction(model, test_set.x.to(device))
+    layers = encoder_layers(model)
+    weights = [layer.weight.detach() for layer in layers] if layers else [model.model.encoder.weight.detach()]
     summary = {
         "final": asdict(history[-1]),
         "contraction": {
@@ -358,7 +434,7 @@ def _summarize(config, model, dataset, train_set, test_set, history) -> dict:
             "fraction_singular_values_below_one": report.fraction_below_one,
             "top_singular_values": list(report.top_singular_values),
         },
-        "encoder_weight_norm": _encoder_weight(model).detach().norm().item(),
+        "encoder_weight_norm": torch.stack([w.norm() for w in weights]).norm().item(),
     }
     if dataset.y is not None:
         train_codes = encode_all(model, train_set.x.to(device))
@@ -389,9 +465,7 @@ def write_run(out: Path, config, model, dataset, history, summary) -> None:
         json.dump({"config": asdict(config), **summary}, handle, indent=2)
 
 
-def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[ContractiveAutoencoder, dict]:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Autoencoder, dict]:
     """The model saved by :func:`train` and the checkpoint's other contents (config, dataset).
 
     The model is rebuilt with backend="auto", so a checkpoint trained with, say,

@@ -51,6 +51,25 @@ def test_train_writes_checkpoint_metrics_and_reloads(tmp_path, capsys):
     torch.testing.assert_close(encode_all(model, x), encode_all(retrained, x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("joint", [True, False], ids=["joint", "stacked"])
+def test_train_a_deep_encoder_jointly_or_stacked(tmp_path, joint):
+    from fastcae.nn import DeepContractiveAutoencoder, StackedContractiveAutoencoder
+
+    out = tmp_path / "run"
+    args = ["--layers", "64,24,12", *(["--joint", "--estimator", "projection"] if joint else [])]
+    quick = ["--epochs", "2", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+    assert main(["train", "--dataset", "digits", *args, *quick, "--out", str(out)]) == 0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + (2 if joint else 2 * 2)  # a stack trains --epochs per layer
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["layers"] == [64, 24, 12] and metrics["config"]["joint"] is joint
+    assert 0 <= metrics["contraction"]["fraction_singular_values_below_one"] <= 1
+    model, _ = load_checkpoint(out)
+    assert isinstance(model, DeepContractiveAutoencoder if joint else StackedContractiveAutoencoder)
+    assert encode_all(model, torch.rand(5, 64)).shape == (5, 12)
+    assert main(["filters", "--checkpoint", str(out), "--out", str(tmp_path / "f.png"), "--count", "4"]) == 0
+
+
 def test_train_loss_goes_down_and_lambda_contracts(tmp_path):
     data_args = {"hidden": 32, "epochs": 15, "batch_size": 64, "device": "cpu", "lr": 3e-3}
     contractive = train(TrainConfig(contractive_weight=1.0, **data_args), progress=False)
@@ -87,6 +106,22 @@ def test_tangents_and_filters_figures(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_a_conv_model_reload_and_draw_its_kernels(tmp_path):
+    out = tmp_path / "conv"
+    args = ["--model", "conv", "--hidden", "4", "--kernel", "3", "--stride", "2", "--padding", "1"]
+    assert main(["train", *args, *QUICK_TRAIN[2:], "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["contraction"]["jacobian_frobenius_mean"]
+    model, _ = load_checkpoint(out)
+    x = torch.rand(5, 64)
+    assert encode_all(model, x).shape == (5, 4 * 4 * 4)
+    # The conv layer's penalty is the exact ‖J‖²_F of the model's flattened encoder.
+    jacobian = torch.func.vmap(torch.func.jacrev(lambda s: model.encode(s.unsqueeze(0))[0]))(x)
+    torch.testing.assert_close(model.encoder(x).penalty, jacobian.pow(2).sum((1, 2)), rtol=1e-4, atol=1e-6)
+    assert main(["filters", "--checkpoint", str(out), "--out", str(tmp_path / "k.png")]) == 0
+    assert main(["tangents", "--checkpoint", str(out), "--out", str(tmp_path / "t.png")]) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -100,6 +135,21 @@ def test_tangents_and_filters_figures(tmp_path):
         (["train"], "--out"),
         (["tangents", "--checkpoint", "/no/such/run", "--out", "t.png"], "no checkpoint at /no/such/run"),
         (["frobnicate"], "invalid choice"),
+        (["train", "--layers", "64,abc", "--out", "x"], "--layers: must be sizes separated by commas"),
+        (["train", "--layers", "64", "--out", "x"], "--layers: must list the input size"),
+        (["train", "--layers", "64,0", "--out", "x"], "--layers: must be a positive integer"),
+        (["train", "--layers", "60,8", "--joint", "--out", "x"], "the dataset has 64 features"),
+        (["train", "--joint", "--out", "x"], "give its sizes with --layers"),
+        (["train", "--layers", "64,8", "--hessian-weight", "1", "--out", "x"], "--hessian-weight is for one"),
+        (["train", "--estimator", "guess", "--out", "x"], "--estimator"),
+        (["train", "--projections", "0", "--out", "x"], "--projections: must be a positive integer"),
+        (["train", "--model", "conv", "--untied", "--out", "x"], "--untied applies to --model dense only"),
+        (
+            ["train", "--model", "conv", "--layers", "64,8", "--out", "x"],
+            "cannot be combined with --model conv",
+        ),
+        (["train", "--model", "mlp", "--out", "x"], "--model"),
+        (["train", "--model", "conv", "--padding", "-1", "--out", "x"], "--padding"),
     ],
 )
 def test_bad_arguments_give_one_line_and_status_2(args, words, capsys):

@@ -304,3 +304,22 @@ def test_local_pca_validates_arguments():
         local_pca_tangents(data.double(), data)
     with pytest.raises(TypeError, match="k must be an int"):
         local_pca_tangents(data, data, k=2.5)
+
+
+@pytest.mark.parametrize("sizes", [[6, 5, 3], [3, 5, 4, 7]], ids=["tapering", "widening"])
+def test_contraction_report_of_a_deep_encoder_is_the_whole_jacobians(sizes):
+    from fastcae.nn import DeepContractiveAutoencoder, StackedContractiveAutoencoder
+
+    torch.manual_seed(0)
+    x = torch.randn(9, sizes[0], dtype=torch.float64)
+    for model in (DeepContractiveAutoencoder(sizes).double(), StackedContractiveAutoencoder(sizes).double()):
+        jac = torch.func.vmap(torch.func.jacrev(lambda sample, m=model: m.encode(sample[None])[0]))(x)
+        values = torch.linalg.svdvals(jac)
+        report = contraction_report(model, x.float())  # computed in float64 whatever the input
+        assert report.frobenius_mean == pytest.approx(jac.square().sum((1, 2)).sqrt().mean().item(), rel=1e-6)
+        assert report.fraction_below_one == pytest.approx((values < 1).double().mean().item())
+        torch.testing.assert_close(report.spectrum, values.mean(0), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="layers of a stack"):
+        contraction_report(model, x, activation="tanh")
+    with pytest.raises(ValueError, match="at least one sample"):
+        contraction_report(model, x[:0])
