@@ -108,6 +108,9 @@ def _encode_conv2d_naive(
 ) -> tuple[Tensor, Tensor]:
     """‖∂h_b/∂x_b‖²_F of the true per-sample Jacobian (B, C_out, H_out, W_out, C_in, H_in, W_in)."""
     act = ACTIVATIONS[activation]
+    if x.shape[0] == 0:  # vmap cannot map over an empty batch
+        code = act.forward(F.conv2d(x, weight, bias, *geometry))
+        return code, code.new_zeros((0,), dtype=acc_dtype(x.dtype))
 
     def code_of(sample: Tensor) -> tuple[Tensor, Tensor]:
         code = act.forward(F.conv2d(sample.unsqueeze(0), weight, bias, *geometry)[0])
