@@ -412,11 +412,7 @@ class ConvContractiveAutoencoder(nn.Module):
 
     def reconstruction_error(self, logits: Tensor, x: Tensor) -> Tensor:
         """Per-sample reconstruction error summed over channels and pixels (B,), from the logits."""
-        if self.decoder_activation == "sigmoid":
-            errors = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
-        else:
-            errors = (logits - x).pow(2)
-        return errors.flatten(1).sum(dim=1)
+        return _reconstruction_error(logits, x, self.decoder_activation)
 
     def loss(self, x: Tensor) -> AutoencoderLoss:
         """Reconstruction error + λ·mean penalty, with the parts."""
@@ -771,12 +767,13 @@ class DeepContractiveAutoencoder(nn.Module):
 
 
 def _reconstruction_error(logits: Tensor, x: Tensor, decoder_activation: str) -> Tensor:
-    """:meth:`ContractiveAutoencoder.reconstruction_error` for a decoder activation ψ."""
+    """:meth:`ContractiveAutoencoder.reconstruction_error` for a decoder activation ψ,
+    summed over every dimension but the batch (features, or channels and pixels)."""
     if decoder_activation == "sigmoid":
         errors = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
     else:
         errors = (logits - x).pow(2)
-    return errors.sum(dim=1)
+    return errors.flatten(1).sum(dim=1)
 
 
 def _train_epochs(
