@@ -34,6 +34,13 @@ def test_kernels_compile_for_hopper_without_spills_or_serialized_wgmma():
     assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]
     assert all(line.startswith("ok") for line in lines)
     kernels = {line.split()[2] for line in lines}
-    assert kernels == {"forward", "row_norms_sq", "grad_preact", "hessian_forward", "hessian_backward"}
+    assert kernels == {
+        "forward",
+        "row_norms_sq",
+        "grad_preact",
+        "activate",
+        "hessian_forward",
+        "hessian_backward",
+    }
     half_gemms = [line for line in lines if " forward " in line and (" bf16 " in line or " fp16 " in line)]
     assert half_gemms and all("tensor cores True" in line for line in half_gemms)
