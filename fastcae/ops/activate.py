@@ -32,6 +32,7 @@ from ..activations import ACTIVATIONS
 from . import loading
 from .fused import (
     KernelPair,
+    OpAutograd,
     fake_grads,
     from_custom_op_grads,
     graph_needed,
@@ -205,16 +206,17 @@ class ActivateFunctionWithJvp(ActivateFunction):
         return activate_jvp_closed_form(code, unit_norms_sq, (preact_dot, norms_dot), ctx.activation)
 
 
+AUTOGRAD = OpAutograd(ActivateFunction, ActivateFunctionWithJvp)
+
+
 def fused(kernels: str) -> ActivateFn:
     """The differentiable activate op over ``KERNELS[kernels]``: (z, N, activation) -> (h, p)."""
     pair = KERNELS[kernels]
 
     def activate(preact: Tensor, unit_norms_sq: Tensor, activation: str) -> ActivateOutputs:
-        if torch.compiler.is_compiling():
-            return ActivateFunction.apply(preact, unit_norms_sq, activation, kernels)
-        if no_autograd(preact, unit_norms_sq):
+        if not torch.compiler.is_compiling() and no_autograd(preact, unit_norms_sq):
             return pair.forward_launch(preact, unit_norms_sq, activation)
-        return ActivateFunctionWithJvp.apply(preact, unit_norms_sq, activation, kernels)
+        return AUTOGRAD.apply(preact, unit_norms_sq, activation, kernels)
 
     activate.__name__ = f"activate_{kernels}"
     return activate

@@ -36,6 +36,7 @@ from ..activations import ACTIVATIONS
 from . import loading
 from .fused import (
     KernelPair,
+    OpAutograd,
     fake_grads,
     from_custom_op_grads,
     graph_needed,
@@ -231,17 +232,18 @@ class EncodeFunctionWithJvp(EncodeFunction):
         return code_dot, penalty_dot, None
 
 
+AUTOGRAD = OpAutograd(EncodeFunction, EncodeFunctionWithJvp)
+
+
 def fused(kernels: str) -> EncodeFn:
     """The differentiable encode op over ``KERNELS[kernels]``: (x, W, b, activation) -> (h, p)."""
     pair = KERNELS[kernels]
 
     def encode(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
-        if torch.compiler.is_compiling():
-            code, penalty, _ = EncodeFunction.apply(x, weight, bias, activation, kernels)
-        elif no_autograd(x, weight, bias):
+        if not torch.compiler.is_compiling() and no_autograd(x, weight, bias):
             code, penalty, _ = pair.forward_launch(x, weight, bias, activation)
         else:
-            code, penalty, _ = EncodeFunctionWithJvp.apply(x, weight, bias, activation, kernels)
+            code, penalty, _ = AUTOGRAD.apply(x, weight, bias, activation, kernels)
         return code, penalty
 
     encode.__name__ = f"encode_{kernels}"

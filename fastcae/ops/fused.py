@@ -1,5 +1,5 @@
-"""What every fused op (fastcae/ops/encode.py, hessian.py) shares: its pair of
-kernels, and which path a call takes.
+"""What every fused op (fastcae/ops/encode.py, activate.py, hessian.py) shares:
+its pair of kernels, and which path a call takes.
 
 A call with no autograd watching launches the forward kernel directly; a
 differentiable call goes through the op's autograd.Function, whose backward
@@ -59,6 +59,44 @@ def no_autograd(*tensors: Tensor | None) -> bool:
     if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
         return False
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+class OpAutograd:
+    """An op's one autograd (forward, setup_context, backward, jvp), in the form each call needs.
+
+    - ``compiled``: the Function without a custom jvp, which Dynamo can trace;
+    - ``transformed``: the Function with its jvp, in the setup_context style
+      that torch.func transforms require;
+    - ``eager``: the same methods restated in the ctx style, for every other
+      differentiable call. Only ``Function.apply``'s cost differs: for the
+      setup_context style it binds the arguments through ``inspect.signature``,
+      about 15 µs per call warm and several times that right after a large
+      kernel, when the caches are cold (a few percent of a CPU training step).
+    """
+
+    def __init__(self, compiled: type[torch.autograd.Function], transformed: type[torch.autograd.Function]):
+        self.compiled = compiled
+        self.transformed = transformed
+
+        class Eager(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *inputs):
+                output = transformed.forward(*inputs)
+                transformed.setup_context(ctx, inputs, output)
+                return output
+
+            backward = staticmethod(transformed.backward)
+            jvp = staticmethod(transformed.jvp)
+
+        Eager.__name__ = Eager.__qualname__ = f"{transformed.__name__}Eager"
+        self.eager = Eager
+
+    def apply(self, *inputs):
+        if torch.compiler.is_compiling():
+            return self.compiled.apply(*inputs)
+        if torch._C._are_functorch_transforms_active():
+            return self.transformed.apply(*inputs)
+        return self.eager.apply(*inputs)
 
 
 # A backward kernel returns None for the gradients output_mask does not ask

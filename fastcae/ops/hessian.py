@@ -25,6 +25,7 @@ from ..activations import ACTIVATIONS
 from . import loading
 from .fused import (
     KernelPair,
+    OpAutograd,
     fake_grads,
     from_custom_op_grads,
     graph_needed,
@@ -215,16 +216,17 @@ class HessianFunctionWithJvp(HessianFunction):
         return hessian_jvp_closed_form(*ctx.saved_tensors, (preact_dot, noisy_dot, norms_dot), ctx.activation)
 
 
+AUTOGRAD = OpAutograd(HessianFunction, HessianFunctionWithJvp)
+
+
 def fused(kernels: str) -> HessianFn:
     """The differentiable CAE+H op over ``KERNELS[kernels]``: (z, z̃, ‖W_j‖², activation) -> p."""
     pair = KERNELS[kernels]
 
     def hessian(preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, activation: str) -> Tensor:
-        if torch.compiler.is_compiling():
-            return HessianFunction.apply(preact, noisy_preact, row_norms_sq, activation, kernels)
-        if no_autograd(preact, noisy_preact, row_norms_sq):
+        if not torch.compiler.is_compiling() and no_autograd(preact, noisy_preact, row_norms_sq):
             return pair.forward_launch(preact, noisy_preact, row_norms_sq, activation)
-        return HessianFunctionWithJvp.apply(preact, noisy_preact, row_norms_sq, activation, kernels)
+        return AUTOGRAD.apply(preact, noisy_preact, row_norms_sq, activation, kernels)
 
     hessian.__name__ = f"hessian_{kernels}"
     return hessian
