@@ -80,14 +80,13 @@ FASTCAE_INLINE float exp_nonpositive(float x) {
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
   const float exp_r = poly * (r * r) + r + 1.0f;
-  // 2^n for n in [-150, 0] as two normal powers of two, so results in the
-  // denormal range are still correct. NaN never reaches the int conversion.
+  // 2^n for n in [-150, 0] as the normal 2^(n+64) times 2^-64: the first
+  // product is exact and the second rounds once, so results in the denormal
+  // range are still correct. NaN never reaches the int conversion.
   n = n == n ? n : 0.0f;
   const int32_t n_int = static_cast<int32_t>(n);
-  const int32_t n_half = n_int / 2;
-  const float scale_a = float_from_bits((n_half + 127) << 23);
-  const float scale_b = float_from_bits((n_int - n_half + 127) << 23);
-  const float result = exp_r * scale_a * scale_b;
+  constexpr float kTwoToMinus64 = 5.42101086242752217e-20f;
+  const float result = exp_r * float_from_bits((n_int + 64 + 127) << 23) * kTwoToMinus64;
   return x < kLowest ? 0.0f : result;
 #endif
 }
