@@ -613,13 +613,13 @@ def run_cpu_goals(args: argparse.Namespace, device: torch.device, report: Report
     memory = {name: peak_extra_memory(forward_with(name), device) for name in (FLOOR, "fastcae-cpu", NAIVE)}
     if None not in memory.values():
         added_kib = (memory["fastcae-cpu"] - memory[FLOOR]) / 2**10
-        # p (B,), ‖W_j‖² (H,) and the per-group penalties (B, ⌈H/64⌉) of the C++ kernel
-        groups = -(-shape.hidden // 64)
+        # p (B,), ‖W_j‖² (H,) and the per-group penalties (B, ⌈H/256⌉) of the C++ kernel
+        groups = -(-shape.hidden // 256)
         bound_kib = (shape.batch * (groups + 1) + shape.hidden) * 4 / 2**10
         report.line(
             f"peak extra memory of a forward: encoder-only {memory[FLOOR] / 2**20:.2f} MiB, "
             f"cpu {memory['fastcae-cpu'] / 2**20:.2f} MiB (the penalty adds {added_kib:.1f} KiB; "
-            f"B(⌈H/64⌉ + 1) + H floats = {bound_kib:.1f} KiB), naive {memory[NAIVE] / 2**30:.2f} GiB",
+            f"B(⌈H/256⌉ + 1) + H floats = {bound_kib:.1f} KiB), naive {memory[NAIVE] / 2**30:.2f} GiB",
             kind="memory",
             peak_bytes=memory,
         )

@@ -16,7 +16,7 @@ TARGETS = [(device, backend) for device in DEVICES for backend in available_back
 FAST_TARGETS = [(d, b) for d, b in TARGETS if b not in ("torch", "naive")]
 TARGET_IDS = [f"{d}-{b}" for d, b in TARGETS]
 FAST_TARGET_IDS = [f"{d}-{b}" for d, b in FAST_TARGETS]
-# (33, 20, 515): B < H and 9 groups of 64 units, the C++ kernels' column slabs
+# (33, 20, 515): B < H and 3 groups of 256 units, the C++ kernels' column slabs
 # on two threads (uneven slabs, a short last group); the others take its rows path.
 SHAPES = [
     (1, 1, 1),

@@ -25,20 +25,18 @@ ActivateResult activate_forward_cpu(const at::Tensor& preact, const at::Tensor& 
   const int64_t groups = penalty_groups(units);
   at::Tensor code = at::empty_like(preact_c);
   at::Tensor penalty = at::empty({batch}, norms.options());
-  const at::Tensor no_bias = at::zeros({units}, norms.options());  // keeps the pass branch-free
   at::Tensor group_penalties = at::empty({groups, batch}, norms.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, preact_c.scalar_type(), "activate_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* preact_data = preact_c.const_data_ptr<scalar_t>();
     scalar_t* code_data = code.mutable_data_ptr<scalar_t>();
     const acc_t* norms_data = norms.const_data_ptr<acc_t>();
-    const acc_t* bias_data = no_bias.const_data_ptr<acc_t>();
     acc_t* group_data = group_penalties.mutable_data_ptr<acc_t>();
     dispatch_activation(activation, [&](auto act) {
       constexpr Activation A = decltype(act)::value;
       at::parallel_for(0, batch, rows_per_task(units), [&](int64_t begin, int64_t end) {
-        activate_tile<A, scalar_t, acc_t>(preact_data, code_data, bias_data, norms_data, group_data, batch,
-                                          units, begin, end, 0, groups);
+        activate_tile<A, /*kHasBias=*/false, scalar_t, acc_t>(preact_data, code_data, nullptr, norms_data,
+                                                              group_data, batch, units, begin, end, 0, groups);
       });
     });
     acc_t* penalty_data = penalty.mutable_data_ptr<acc_t>();
@@ -63,7 +61,7 @@ ActivateResult activate_backward_cpu(const c10::optional<at::Tensor>& grad_code,
       constexpr Activation A = decltype(act)::value;
       dispatch_bool(state.grad_code.defined(), [&](auto has_grad_code) {
         constexpr bool kHasGradCode = decltype(has_grad_code)::value;
-        backward_rows<A, kHasGradCode, scalar_t>(state, unit_sums);
+        backward_rows<A, kHasGradCode, /*kSumGradPreact=*/false, scalar_t>(state, unit_sums);
       });
     });
   });

@@ -45,10 +45,10 @@
 namespace fastcae {
 namespace {
 
-// A thread's column slab is at least this many groups wide: narrower, its GEMM
-// call is too thin to run near peak and the rows path is faster (measured on
-// the 2-core CI machine, see BENCHMARKS.md).
-constexpr int64_t kMinSlabGroups = 4;
+// A thread's column slab is at least this many groups (256 units) wide:
+// narrower, its GEMM call is too thin to run near peak and the rows path is
+// faster (measured on the 2-core CI machine, see BENCHMARKS.md).
+constexpr int64_t kMinSlabGroups = 1;
 
 // How many column slabs (one per thread) the work is split into, or 0 for the
 // rows path. Slabs split W between the threads and give each all of x, so they
@@ -165,7 +165,7 @@ void forward_rows(ForwardProblem& p) {
   acc_t* group_penalties = p.group_penalties.mutable_data_ptr<acc_t>();
   const int64_t groups = penalty_groups(p.hidden);
   at::parallel_for(0, p.batch, rows_per_task(p.hidden), [&](int64_t begin, int64_t end) {
-    activate_tile<A, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, begin, end, 0,
+    activate_tile<A, /*kHasBias=*/true, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, begin, end, 0,
                                       groups);
   });
 }
@@ -194,7 +194,7 @@ void forward_slabs(ForwardProblem& p, int64_t slabs) {
       } else {
         at::cpu::mm_out(code_cols, p.x, weight_rows.t());
       }
-      activate_tile<A, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, 0, p.batch,
+      activate_tile<A, /*kHasBias=*/true, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, 0, p.batch,
                                         cols.first_group, cols.last_group);
     }
   });
@@ -321,7 +321,7 @@ EncodeBackwardResult encode_backward_cpu(const c10::optional<at::Tensor>& grad_c
       dispatch_bool(state.grad_code.defined(), [&](auto has_grad_code) {
         constexpr bool kHasGradCode = decltype(has_grad_code)::value;
         if (slabs == 0) {
-          backward_rows<A, kHasGradCode, scalar_t>(state, unit_sums);
+          backward_rows<A, kHasGradCode, /*kSumGradPreact=*/true, scalar_t>(state, unit_sums);
         } else {
           backward_slabs<A, kHasGradCode, scalar_t>(state, slabs, x, weight.contiguous(), grad_weight);
         }

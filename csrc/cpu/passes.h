@@ -28,7 +28,10 @@ namespace {
 
 // Units per penalty group: each row's penalty is summed per group, then the
 // groups are added in order (sum_rows_in_order), whatever split the threads.
-constexpr int64_t kPenaltyGroupColumns = 64;
+// Each group ends in a horizontal sum of the vector accumulator and a new
+// loop: at 64 units that cost the sigmoid pass ~25% (measured, AVX-512), at
+// 256 about 5%.
+constexpr int64_t kPenaltyGroupColumns = 256;
 
 inline int64_t penalty_groups(int64_t hidden) {
   return (hidden + kPenaltyGroupColumns - 1) / kPenaltyGroupColumns;
@@ -40,8 +43,9 @@ inline int64_t penalty_groups(int64_t hidden) {
 // group, group_penalties[g·B + b] = Σ_{j in g} φ'(z_bj)² ‖W_j‖². The encode
 // op adds its bias here rather than in the GEMM (float32/float64): addmm
 // would first broadcast-copy it into the output, an extra pass over B×H.
-// bias is never null (zeros where there is none): the loop stays branch-free.
-template <Activation A, typename scalar_t, typename acc_t>
+// With kHasBias the bias is never null (the encode op passes zeros where there
+// is none, one instantiation); the activate op has none and passes null.
+template <Activation A, bool kHasBias, typename scalar_t, typename acc_t>
 FASTCAE_CPU_CLONES void activate_tile(const scalar_t* preact, scalar_t* code, const acc_t* bias,
                                       const acc_t* row_norms_sq, acc_t* group_penalties, int64_t batch,
                                       int64_t hidden, int64_t row_begin, int64_t row_end,
@@ -54,7 +58,8 @@ FASTCAE_CPU_CLONES void activate_tile(const scalar_t* preact, scalar_t* code, co
       acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = group * kPenaltyGroupColumns; j < unit_end; ++j) {
-        const acc_t preact_bj = static_cast<acc_t>(preact_row[j]) + bias[j];
+        const acc_t preact_bj = kHasBias ? static_cast<acc_t>(preact_row[j]) + bias[j]
+                                         : static_cast<acc_t>(preact_row[j]);
         const CodeAndSlope<acc_t> value = ActivationMath<A>::forward(preact_bj);
         code_row[j] = static_cast<scalar_t>(value.code);
         sum += penalty_term(value.slope, row_norms_sq[j]);
@@ -79,30 +84,64 @@ FASTCAE_CPU_CLONES void sum_rows_in_order(const acc_t* rows, acc_t* out, int64_t
   }
 }
 
+// kRows consecutive rows from `first_row` × units [unit_begin, unit_end) of the
+// backward pass: writes dz and adds the rows' share of Σ_b dz (kSumGradPreact:
+// the encode op's bias gradient; the activate op has no bias) and Σ_b g_p φ'²
+// into grad_bias_sum[j − unit_begin] and row_scale_sum[j − unit_begin]. Several
+// rows per sweep: the per-unit sums are read and written once per kRows rows
+// (for a wide layer they live in L2, not L1).
+template <int kRows, Activation A, bool kHasGradCode, bool kSumGradPreact, typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void grad_preactivation_rows(
+    const scalar_t* grad_code, const acc_t* grad_penalty, int64_t grad_penalty_stride,
+    const scalar_t* code, const acc_t* row_norms_sq, scalar_t* grad_preact, acc_t* grad_bias_sum,
+    acc_t* row_scale_sum, int64_t hidden, int64_t first_row, int64_t unit_begin, int64_t unit_end) {
+  acc_t grad_penalty_rows[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    grad_penalty_rows[r] = grad_penalty ? grad_penalty[(first_row + r) * grad_penalty_stride] : acc_t(0);
+  }
+  const int64_t offset = first_row * hidden;
+#pragma omp simd
+  for (int64_t j = unit_begin; j < unit_end; ++j) {
+    acc_t grad_preact_sum = 0;
+    acc_t row_scale = 0;
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t index = offset + r * hidden + j;
+      const acc_t h = static_cast<acc_t>(code[index]);
+      const acc_t slope = ActivationMath<A>::slope_from_code(h);
+      const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[index]) : acc_t(0);
+      const acc_t grad_preact_bj =
+          grad_preactivation<A>(grad_code_bj, grad_penalty_rows[r], h, slope, row_norms_sq[j]);
+      grad_preact[index] = static_cast<scalar_t>(grad_preact_bj);
+      grad_preact_sum += grad_preact_bj;
+      row_scale += grad_penalty_rows[r] * slope * slope;
+    }
+    if constexpr (kSumGradPreact) grad_bias_sum[j - unit_begin] += grad_preact_sum;
+    row_scale_sum[j - unit_begin] += row_scale;
+  }
+}
+
 // Rows [row_begin, row_end) × units [unit_begin, unit_end) of the backward
-// pass: writes dz and adds the tile's share of Σ_b dz and Σ_b g_p φ'² into
-// grad_bias_sum[j − unit_begin] and row_scale_sum[j − unit_begin].
-template <Activation A, bool kHasGradCode, typename scalar_t, typename acc_t>
+// pass, kRowBlock rows per sweep from row_begin, then the rest one by one.
+// The sums' order depends only on row_begin and row_end (a chunk of rows),
+// not on how the units are split between threads.
+template <Activation A, bool kHasGradCode, bool kSumGradPreact, typename scalar_t, typename acc_t>
 FASTCAE_CPU_CLONES void grad_preactivation_tile(
     const scalar_t* grad_code, const acc_t* grad_penalty, int64_t grad_penalty_stride,
     const scalar_t* code, const acc_t* row_norms_sq, scalar_t* grad_preact, acc_t* grad_bias_sum,
     acc_t* row_scale_sum, int64_t hidden, int64_t row_begin, int64_t row_end, int64_t unit_begin,
     int64_t unit_end) {
-  for (int64_t b = row_begin; b < row_end; ++b) {
-    const acc_t grad_penalty_b = grad_penalty ? grad_penalty[b * grad_penalty_stride] : acc_t(0);
-    const scalar_t* code_row = code + b * hidden;
-    scalar_t* grad_preact_row = grad_preact + b * hidden;
-#pragma omp simd
-    for (int64_t j = unit_begin; j < unit_end; ++j) {
-      const acc_t h = static_cast<acc_t>(code_row[j]);
-      const acc_t slope = ActivationMath<A>::slope_from_code(h);
-      const acc_t grad_code_bj = kHasGradCode ? static_cast<acc_t>(grad_code[b * hidden + j]) : acc_t(0);
-      const acc_t grad_preact_bj =
-          grad_preactivation<A>(grad_code_bj, grad_penalty_b, h, slope, row_norms_sq[j]);
-      grad_preact_row[j] = static_cast<scalar_t>(grad_preact_bj);
-      grad_bias_sum[j - unit_begin] += grad_preact_bj;
-      row_scale_sum[j - unit_begin] += grad_penalty_b * slope * slope;
-    }
+  constexpr int kRowBlock = 4;
+  int64_t b = row_begin;
+  for (; b + kRowBlock <= row_end; b += kRowBlock) {
+    grad_preactivation_rows<kRowBlock, A, kHasGradCode, kSumGradPreact>(
+        grad_code, grad_penalty, grad_penalty_stride, code, row_norms_sq, grad_preact, grad_bias_sum,
+        row_scale_sum, hidden, b, unit_begin, unit_end);
+  }
+  for (; b < row_end; ++b) {
+    grad_preactivation_rows<1, A, kHasGradCode, kSumGradPreact>(
+        grad_code, grad_penalty, grad_penalty_stride, code, row_norms_sq, grad_preact, grad_bias_sum,
+        row_scale_sum, hidden, b, unit_begin, unit_end);
   }
 }
 
@@ -133,10 +172,10 @@ struct BackwardTile {
 
   // dz of chunk `chunk`'s rows × units [unit_begin, unit_end), adding the
   // chunk's Σ dz and Σ g_p φ'² into grad_bias_sum / row_scale_sum[j − unit_begin].
-  template <Activation A, bool kHasGradCode>
+  template <Activation A, bool kHasGradCode, bool kSumGradPreact = true>
   void fused_pass(int64_t chunk, int64_t unit_begin, int64_t unit_end, acc_t* grad_bias_sum,
                   acc_t* row_scale_sum) const {
-    grad_preactivation_tile<A, kHasGradCode, scalar_t, acc_t>(
+    grad_preactivation_tile<A, kHasGradCode, kSumGradPreact, scalar_t, acc_t>(
         grad_code, grad_penalty, grad_penalty_stride, code, row_norms_sq, grad_preact, grad_bias_sum,
         row_scale_sum, hidden, chunk * chunk_rows, std::min(batch, (chunk + 1) * chunk_rows), unit_begin,
         unit_end);
@@ -144,8 +183,9 @@ struct BackwardTile {
 };
 
 // Rows path: the fused pass parallel over chunks of rows, each chunk's unit
-// sums in its own slot of state.partials, then added in order into unit_sums.
-template <Activation A, bool kHasGradCode, typename scalar_t>
+// sums in its own slot of state.partials, then added in order into unit_sums
+// (without kSumGradPreact only its second row, Σ_b g_p φ'², is written).
+template <Activation A, bool kHasGradCode, bool kSumGradPreact, typename scalar_t>
 void backward_rows(EncodeBackwardState& state, at::Tensor& unit_sums) {
   using acc_t = at::opmath_type<scalar_t>;
   const BackwardTile<scalar_t> tile(state);
@@ -154,10 +194,11 @@ void backward_rows(EncodeBackwardState& state, at::Tensor& unit_sums) {
   at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       acc_t* chunk_sums = partials + chunk * 2 * hidden;
-      tile.template fused_pass<A, kHasGradCode>(chunk, 0, hidden, chunk_sums, chunk_sums + hidden);
+      tile.template fused_pass<A, kHasGradCode, kSumGradPreact>(chunk, 0, hidden, chunk_sums, chunk_sums + hidden);
     }
   });
-  at::parallel_for(0, 2 * hidden, rows_per_task(state.num_chunks), [&](int64_t begin, int64_t end) {
+  const int64_t first_sum = kSumGradPreact ? 0 : hidden;
+  at::parallel_for(first_sum, 2 * hidden, rows_per_task(state.num_chunks), [&](int64_t begin, int64_t end) {
     sum_rows_in_order<acc_t>(partials, unit_sums.mutable_data_ptr<acc_t>(), state.num_chunks, 2 * hidden,
                              begin, end);
   });
