@@ -84,7 +84,9 @@ EncodeBackwardState prepare_backward_pass(const c10::optional<at::Tensor>& grad_
           grad_code.has_value() ? grad_code->contiguous() : at::Tensor(),
           grad_penalty.has_value() ? *grad_penalty : at::Tensor(),
           at::empty_like(code_c),
-          at::zeros({partial_per_chunk ? num_chunks : 1, 2, hidden}, row_norms_sq.options()),
+          // Uninitialized: each kernel writes (CUDA) or first zeroes (CPU, in the
+          // thread that then adds into it) the part it uses.
+          at::empty({partial_per_chunk ? num_chunks : 1, 2, hidden}, row_norms_sq.options()),
           batch,
           hidden,
           chunk_rows,

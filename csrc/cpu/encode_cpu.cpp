@@ -218,6 +218,8 @@ void backward_slabs(EncodeBackwardState& state, int64_t slabs, const at::Tensor&
       const ColumnSlab cols = column_slab(slab, slabs, hidden);
       const int64_t units = cols.end - cols.begin;
       std::vector<acc_t> chunk_sums(2 * units);
+      std::fill(grad_bias_sum + cols.begin, grad_bias_sum + cols.end, acc_t(0));
+      std::fill(row_scale_sum + cols.begin, row_scale_sum + cols.end, acc_t(0));
       for (int64_t chunk = 0; chunk < state.num_chunks; ++chunk) {
         std::fill(chunk_sums.begin(), chunk_sums.end(), acc_t(0));
         tile.template fused_pass<A, kHasGradCode>(chunk, cols.begin, cols.end, chunk_sums.data(),

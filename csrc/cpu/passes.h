@@ -194,6 +194,7 @@ void backward_rows(EncodeBackwardState& state, at::Tensor& unit_sums) {
   at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       acc_t* chunk_sums = partials + chunk * 2 * hidden;
+      std::fill(chunk_sums + (kSumGradPreact ? 0 : hidden), chunk_sums + 2 * hidden, acc_t(0));
       tile.template fused_pass<A, kHasGradCode, kSumGradPreact>(chunk, 0, hidden, chunk_sums, chunk_sums + hidden);
     }
   });

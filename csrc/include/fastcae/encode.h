@@ -45,7 +45,7 @@ struct EncodeBackwardState {
   at::Tensor grad_penalty;  // (B,), any stride (the backward of a mean is an expanded scalar);
                             // undefined when the loss does not use p
   at::Tensor grad_preact;   // (B, H), to fill
-  at::Tensor partials;      // (num_chunks or 1, 2, H), zeros
+  at::Tensor partials;      // (num_chunks or 1, 2, H), uninitialized: the kernels write or zero it
   int64_t batch;
   int64_t hidden;
   int64_t chunk_rows;
