@@ -10,6 +10,10 @@ times (here, cae_math.h, kernels/activations.py), with the same function names:
   rounded h, 1 - h loses all relative precision). The forward passes use it.
 - ``slope_from_code(h)`` = φ'(z) and ``curvature_from_code(h, φ')`` = φ''(z),
   written from h = φ(z): what the backward passes have saved.
+- ``tangent_from_code(u, h)`` = u φ'(z) (Python only): a tangent pushed through
+  φ, as the deep encoders' projection estimate does per layer; one fused ATen
+  op where there is one (sigmoid_backward, itself differentiable), so that a
+  step pays one elementwise pass instead of three, and fewer in its backward.
 
 NaN propagates: a NaN pre-activation or code gives a NaN slope for every
 activation, so NaN inputs always reach the penalty. Everything here is made
@@ -38,6 +42,7 @@ class Activation:
         slope: z -> φ'(z).
         slope_from_code: h -> φ'(z).
         curvature_from_code: (h, φ'(z)) -> φ''(z).
+        tangent_from_code: (u, h) -> u φ'(z).
     """
 
     name: str
@@ -46,6 +51,12 @@ class Activation:
     slope: Callable[[Tensor], Tensor]
     slope_from_code: Callable[[Tensor], Tensor]
     curvature_from_code: Callable[[Tensor, Tensor], Tensor]
+    tangent_from_code: Callable[[Tensor, Tensor], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tangent_from_code is None:  # u φ'(z) as two ops
+            slope_from_code = self.slope_from_code
+            object.__setattr__(self, "tangent_from_code", lambda u, h: u * slope_from_code(h))
 
 
 def _propagate_nan(t: Tensor, value: Tensor) -> Tensor:
@@ -72,6 +83,7 @@ ACTIVATIONS: dict[str, Activation] = {
             slope=lambda z: torch.sigmoid(z) * torch.sigmoid(-z),
             slope_from_code=lambda h: h * (1 - h),
             curvature_from_code=lambda h, slope: slope * (1 - 2 * h),
+            tangent_from_code=torch.ops.aten.sigmoid_backward,  # u h (1 - h)
         ),
         Activation(
             "tanh",

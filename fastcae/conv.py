@@ -20,12 +20,12 @@ its backward through the fused kernels.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._constants import constant_tensors
 from ._precision import acc_dtype
 from ._validation import check_conv2d_args, check_reduction
 from .activations import ACTIVATIONS
@@ -46,6 +46,7 @@ def _inside_taps(
     return (source >= 0) & (source < input_size)
 
 
+@constant_tensors
 def _tap_masks(
     input_hw: tuple[int, int],
     kernel_hw: tuple[int, int],
@@ -55,7 +56,8 @@ def _tap_masks(
     dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    """The row and column masks M_h (H_out, kH), M_w (W_out, kW) of one geometry, in ``dtype``."""
+    """The row and column masks M_h (H_out, kH), M_w (W_out, kW) of one geometry, in ``dtype``
+    (made once per geometry: about 20 small ops, ~200 µs of a CPU forward)."""
     masks = []
     for size, kernel, step, pad, dilate in zip(
         input_hw, kernel_hw, stride, _pads(padding, kernel_hw, dilation), dilation, strict=True
@@ -64,14 +66,6 @@ def _tap_masks(
         out = size if padding == "same" else (size + 2 * pad - extent) // step + 1
         masks.append(_inside_taps(size, out, kernel, step, dilate, pad, device).to(dtype))
     return masks[0], masks[1]
-
-
-@functools.lru_cache(maxsize=128)
-def _cached_tap_masks(*geometry) -> tuple[Tensor, Tensor]:
-    """_tap_masks, once per geometry: about 20 small ops, ~200 µs of a CPU forward.
-    Made outside inference mode, so a mask first made there can still be saved for backward."""
-    with torch.inference_mode(False):
-        return _tap_masks(*geometry)
 
 
 def _pads(
@@ -107,8 +101,7 @@ def conv2d_unit_norms_sq(
     differentiable with respect to ``weight``.
     """
     compute = acc_dtype(weight.dtype)
-    masks = _tap_masks if torch.compiler.is_compiling() else _cached_tap_masks
-    rows, cols = masks(
+    rows, cols = _tap_masks(
         tuple(input_size[1:]), tuple(weight.shape[2:]), stride, padding, dilation, compute, weight.device
     )
     tap_norms = weight.to(compute).square().sum(dim=1)  # S (C_out, kH, kW)

@@ -30,6 +30,13 @@ sample's diagonal), computed two ways:
   of a Haar-random orthogonal matrix, E[Q Qᵀ] = (k/n) I makes it unbiased, and
   its relative variance is 2(n − k)(nρ − 1) / (k (n − 1)(n + 2)) with
   ρ = Σσ⁴/(Σσ²)², below the 2ρ/k of k i.i.d. Gaussian directions and 0 at k = n.
+  One direction (k = 1) is a vector of random signs instead (Hutchinson's
+  estimator, ‖J s‖² with s ∈ {±1}ⁿ): unbiased, relative variance
+  2(ρ − Σ_i A_ii²/(tr A)²) with A = JᵀJ (or J Jᵀ), which is at most (n + 2)/n
+  times that of one uniform unit vector and lower wherever A's diagonal is
+  uneven; and 8 signs come from one random byte, about 5× cheaper than the
+  Gaussians a unit vector needs (those cost 5–10% of a training step at MNIST
+  size on the CPU).
 
 Encoders made of fastcae layers (:class:`fastcae.nn.ContractiveEncoder` and the
 modules built of them) use the formulas above on their weights; any other
@@ -48,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ._constants import constant_tensors
 from ._precision import acc_dtype
 from ._validation import (
     check_chain_args,
@@ -57,7 +65,7 @@ from ._validation import (
     check_reduction,
     check_tensor,
 )
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, Activation
 from .functional import EncoderOutput, _reduce, encode
 
 ESTIMATORS: tuple[str, ...] = ("auto", "exact", "projection")
@@ -141,7 +149,7 @@ def jacobian_penalty(
               chunks of bounded memory. Other encoders: torch.func's
               vmap(jacrev) (vmap(jacfwd) when D < H).
             - "projection": unbiased, from ``n_projections`` orthonormal random
-              directions per sample on the input side (forward mode, ‖J q‖²) or the
+              directions per sample (one: random signs) on the input side (forward mode, ‖J q‖²) or the
               output side (reverse mode, ‖qᵀ J‖²): the side whose estimate has the
               lower variance for its cost. The relative variance of k orthonormal
               directions in n dimensions is proportional to (1 − k/n)/k (see the
@@ -220,32 +228,40 @@ def encode_chain(
     if estimator == "exact" and len(layers) == 1:
         layer = layers[0]
         return encode(x, layer.weight, layer.bias, activation=layer.activation, backend=layer.backend)
-    code, slopes = _chain_forward(layers, x)
+    code, codes = _chain_forward(layers, x)
     compute = acc_dtype(x.dtype)
     weights = [layer.weight.to(compute) for layer in layers]
     if estimator == "exact":
-        penalty = _exact_chain_penalty(slopes, weights)
+        penalty = _exact_chain_penalty(_slopes(layers, codes), weights)
     else:
         side = _projection_side(sizes, n_projections, _chain_tangent_costs(sizes))
-        penalty = _projected_chain_penalty(slopes, weights, side, n_projections, generator)
+        activations = [ACTIVATIONS[layer.activation] for layer in layers]
+        penalty = _projected_chain_penalty(codes, activations, weights, side, n_projections, generator)
     return EncoderOutput(code, penalty)
 
 
 def _chain_forward(layers: Sequence[Layer], x: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """h_L and the slopes φ_l'(z_l) (B, H_l) of every layer, in the accumulation dtype.
+    """h_L and every layer's code h_l (B, H_l) in the accumulation dtype.
 
-    The slopes are written from the codes, as the fused backward pass does: one
-    elementwise step on a tensor the forward pass has anyway (from z, a sigmoid's
-    slope costs two more sigmoids, and their backward). A unit saturated past the
-    resolution of its code gets slope 0, off by less than that resolution.
+    The penalty takes the slopes φ_l'(z_l) from the codes, as the fused backward
+    pass does: one elementwise step on a tensor the forward pass has anyway (from
+    z, a sigmoid's slope costs two more sigmoids, and their backward). A unit
+    saturated past the resolution of its code gets slope 0, off by less than that
+    resolution.
     """
     compute = acc_dtype(x.dtype)
-    code, slopes = x, []
+    code, codes = x, []
     for layer in layers:
-        act = ACTIVATIONS[layer.activation]
-        code = act.forward(F.linear(code, layer.weight, layer.bias))
-        slopes.append(act.slope_from_code(code.to(compute)))
-    return code, slopes
+        code = ACTIVATIONS[layer.activation].forward(F.linear(code, layer.weight, layer.bias))
+        codes.append(code.to(compute))
+    return code, codes
+
+
+def _slopes(layers: Sequence[Layer], codes: Sequence[Tensor]) -> list[Tensor]:
+    """φ_l'(z_l) (B, H_l) of every layer, from its code."""
+    return [
+        ACTIVATIONS[layer.activation].slope_from_code(code) for layer, code in zip(layers, codes, strict=True)
+    ]
 
 
 # --- exact: the per-sample matrix chain ------------------------------------------------------------
@@ -437,30 +453,73 @@ def orthonormal_projections(
     return torch.linalg.qr(gaussian).Q.permute(2, 0, 1)
 
 
+@constant_tensors
+def _byte_signs(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(256, 8): row v holds the bits of the byte v as ±1."""
+    bits = (torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device)) & 1
+    return (2 * bits - 1).to(dtype)
+
+
+def random_signs(
+    batch: int,
+    dim: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """One Rademacher direction per sample, shape (1, batch, dim): independent ±1, each
+    value with probability 1/2, 8 of them from one random byte (looked up in a table:
+    0.1 ms for 256 × 784 on the CPU, against 0.5 ms for as many Gaussians)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    per_row = -(-dim // 8)
+    random_bytes = torch.randint(0, 256, (batch * per_row,), generator=generator, device=device)
+    signs = _byte_signs(dtype, device).index_select(0, random_bytes)
+    return signs.view(1, batch, per_row * 8)[..., :dim]
+
+
+def _projection_directions(
+    batch: int, dim: int, count: int, generator: torch.Generator | None, dtype: torch.dtype, device
+) -> tuple[Tensor, float]:
+    """The directions q_i (k, B, dim) of the projection estimate and its factor c, with
+    E[c Σ_i q_i q_iᵀ] = I: random signs for one direction (c = 1), else min(count, dim)
+    orthonormal ones (c = dim / k); see the module docstring."""
+    if count == 1:
+        return random_signs(batch, dim, generator=generator, dtype=dtype, device=device), 1.0
+    directions = orthonormal_projections(batch, dim, count, generator=generator, dtype=dtype, device=device)
+    return directions, dim / directions.shape[0]
+
+
 def _projected_chain_penalty(
-    slopes: Sequence[Tensor],
+    codes: Sequence[Tensor],
+    activations: Sequence[Activation],
     weights: Sequence[Tensor],
     side: str,
     count: int,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """(n/k) Σ_i ‖J_b q_i‖² (input side) or (n/k) Σ_i ‖q_iᵀ J_b‖² (output side), through the
-    layers' weights and slopes: k tangents of shape (k, B, ·) per layer, one GEMM each."""
-    batch, compute = slopes[0].shape[0], slopes[0].dtype
+    """c Σ_i ‖J_b q_i‖² (input side) or c Σ_i ‖q_iᵀ J_b‖² (output side), through the
+    layers' weights and slopes (from their codes): k tangents of shape (k, B, ·) per
+    layer, one GEMM and one elementwise step each."""
+    batch, compute = codes[0].shape[0], codes[0].dtype
     dim = weights[0].shape[1] if side == "input" else weights[-1].shape[0]
-    directions = orthonormal_projections(
-        batch, dim, count, generator=generator, dtype=compute, device=slopes[0].device
-    )
+    directions, factor = _projection_directions(batch, dim, count, generator, compute, codes[0].device)
+    layers = list(zip(activations, weights, codes, strict=True))
+    # One direction stays 2-D: plain GEMMs, and no sum over directions (fewer ops per step).
+    tangent = directions[0] if directions.shape[0] == 1 else directions
     if side == "input":
-        tangent = directions
-        for weight, slope in zip(weights, slopes, strict=True):
-            tangent = torch.matmul(tangent, weight.t()) * slope
+        for act, weight, code in layers:
+            tangent = act.tangent_from_code(F.linear(tangent, weight), code)
     else:
-        tangent = directions * slopes[-1]
-        for weight, slope in zip(weights[:0:-1], slopes[-2::-1], strict=True):
-            tangent = torch.matmul(tangent, weight) * slope
+        act, _, code = layers[-1]
+        tangent = act.tangent_from_code(tangent, code)
+        for (_, weight, _), (act, _, code) in zip(layers[:0:-1], layers[-2::-1], strict=True):
+            tangent = act.tangent_from_code(torch.matmul(tangent, weight), code)
         tangent = torch.matmul(tangent, weights[0])
-    return tangent.square().sum(-1).sum(0) * (dim / directions.shape[0])
+    squares = tangent.square().sum(-1)
+    if squares.dim() == 2:
+        squares = squares.sum(0)
+    return squares if factor == 1 else squares * factor
 
 
 # --- any other encoder: torch.func and autograd ---------------------------------------------------
@@ -486,9 +545,7 @@ def _penalty_of_function(
         return _exact_function_penalty(encoder, x, hidden).to(compute)
     side = _projection_side((features, hidden), count, (1.0, 1.0))
     dim = features if side == "input" else hidden
-    directions = orthonormal_projections(
-        batch, dim, count, generator=generator, dtype=x.dtype, device=x.device
-    )
+    directions, factor = _projection_directions(batch, dim, count, generator, x.dtype, x.device)
     total = x.new_zeros(batch, dtype=compute)
     if side == "input":
         for direction in directions:
@@ -506,7 +563,7 @@ def _penalty_of_function(
                     total = total + pullback.to(compute).square().sum(-1)
         if not keep_graph:
             total = total.detach()
-    return total * (dim / directions.shape[0])
+    return total * factor
 
 
 def _exact_function_penalty(encoder: Callable[[Tensor], Tensor], x: Tensor, hidden: int) -> Tensor:
@@ -572,7 +629,7 @@ def chain_jacobian(layers: Sequence[Layer], x: Tensor) -> Tensor:
     and for checks. Computed from the top, in x's dtype, differentiable.
     """
     check_chain_args(x, [(layer.weight, layer.bias, layer.activation) for layer in layers])
-    _, slopes = _chain_forward(layers, x)
+    slopes = _slopes(layers, _chain_forward(layers, x)[1])
     product = slopes[-1][:, :, None] * layers[-1].weight.to(slopes[-1].dtype)
     for layer, slope in zip(layers[-2::-1], slopes[-2::-1], strict=True):
         product = torch.matmul(product * slope[:, None, :], layer.weight.to(slope.dtype))

@@ -52,3 +52,22 @@ def test_nan_gives_a_nan_slope(activation):
     act = ACTIVATIONS[activation]
     nan = torch.tensor([float("nan")], dtype=torch.float64)
     assert torch.isnan(act.slope(nan)).all() and torch.isnan(act.slope_from_code(nan)).all()
+
+
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_tangent_from_code_is_the_slope_times_the_tangent_to_second_order(activation):
+    """tangent_from_code(u, h) = u φ'(z) (broadcast over leading dims of u), NaN included,
+    with first and second derivatives equal to those of u * slope_from_code(h)."""
+    act = ACTIVATIONS[activation]
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 5, generator=generator, dtype=torch.float64) * 3
+    z = torch.where(z.abs() < 1e-3, z + 0.1, z)  # relu has a kink at 0
+    h = act.forward(z).requires_grad_()
+    u = torch.randn(2, 4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(act.tangent_from_code(u, h), u * act.slope_from_code(h))
+    if activation == "relu":  # its slope from the code jumps at h = 0, where half the codes are
+        h = h.detach()
+    torch.autograd.gradcheck(act.tangent_from_code, (u, h))
+    torch.autograd.gradgradcheck(act.tangent_from_code, (u, h))
+    nan = torch.tensor([float("nan")], dtype=torch.float64)
+    assert torch.isnan(act.tangent_from_code(torch.ones(1, dtype=torch.float64), nan)).all()

@@ -372,3 +372,14 @@ def test_conv_autoencoder_reconstructs_the_input_shape_and_learns(size, kernel, 
     last = model.loss(x)
     assert last.total < first.total
     assert torch.isclose(first.total, first.reconstruction + 0.1 * first.contractive)
+
+
+def test_a_geometry_first_seen_in_inference_mode_still_trains():
+    # The tap masks are made once per geometry; made first under inference_mode, they
+    # must still be usable (saved for backward) by a later differentiable call.
+    x = torch.rand(2, 3, 11, 9, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    with torch.inference_mode():
+        fastcae.penalty_conv2d(x, weight.detach(), stride=(2, 1), padding=(1, 2), backend="torch")
+    fastcae.penalty_conv2d(x, weight, stride=(2, 1), padding=(1, 2), backend="torch").backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()

@@ -322,6 +322,38 @@ def test_orthonormal_directions_have_lower_variance_than_iid_gaussian_ones():
     torch.testing.assert_close(relative_iid, 2 * rho / k, rtol=0.15, atol=0.0)
 
 
+@pytest.mark.parametrize("dim", [1, 5, 8, 13, 784])
+def test_random_signs_are_fair_independent_and_reproducible(dim):
+    signs = deep.random_signs(4000, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert signs.shape == (1, 4000, dim) and signs.dtype == torch.float64
+    assert torch.equal(signs.abs(), torch.ones_like(signs))
+    # Each coordinate is ±1 with probability 1/2 and coordinates are uncorrelated:
+    # E[s sᵀ] = I, each entry of the mean within 5 standard errors (1/sqrt(4000)).
+    second_moment = torch.einsum("bi,bj->ij", signs[0], signs[0]) / signs.shape[1]
+    assert (second_moment - torch.eye(dim, dtype=torch.float64)).abs().max() < 5 / 4000**0.5
+    assert signs[0].mean(0).abs().max() < 5 / 4000**0.5
+    again = deep.random_signs(4000, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(signs, again)
+
+
+def test_one_direction_is_hutchinsons_estimate_with_its_variance():
+    # k = 1 uses random signs: unbiased, relative variance 2(ρ − Σ_i A_ii²/(tr A)²) with
+    # A = JᵀJ on the input side (module docstring), below i.i.d. Gaussian's 2ρ.
+    sizes = [6, 5, 12]
+    assert deep._projection_side(sizes, 1, deep._chain_tangent_costs(sizes)) == "input"
+    encoder = deep_encoder(sizes, "sigmoid")
+    x = torch.randn(4, 6, dtype=torch.float64)
+    jacobian = deep.chain_jacobian(deep.encoder_layers(encoder), x).detach()  # (B, H, D)
+    gram = jacobian.transpose(1, 2) @ jacobian  # A = JᵀJ (B, D, D)
+    trace = gram.diagonal(dim1=1, dim2=2).sum(-1)
+    samples = draws(encoder, x, 1)
+    assert_unbiased(samples, trace)
+    rho = gram.square().sum((1, 2)) / trace**2
+    theory = 2 * (rho - gram.diagonal(dim1=1, dim2=2).square().sum(-1) / trace**2)
+    torch.testing.assert_close(samples.var(0) / trace**2, theory, rtol=0.15, atol=0.0)
+    assert (theory < 2 * rho).all()
+
+
 def test_projection_is_reproducible_with_a_generator_and_exact_with_a_full_basis():
     encoder = deep_encoder([9, 4, 8, 3], "relu")
     x = torch.randn(5, 9, dtype=torch.float64)
