@@ -100,16 +100,21 @@ def reference(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -
     return encode_torch(to64(x), to64(weight), to64(bias), activation)
 
 
-def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, *, what: str = "") -> None:
+def assert_close(
+    actual: Tensor, expected: Tensor, dtype: torch.dtype, *, what: str = "", scale: float | None = None
+) -> None:
     """Compare with the float64 reference: relative tolerance of the dtype, an
-    absolute floor scaled by the reference's magnitude, NaN never passing."""
+    absolute floor scaled by the reference's magnitude (or by ``scale``: the size of
+    the terms of a sum that cancels, whose rounding errors the result inherits),
+    NaN never passing."""
     rtol, atol_fraction = TOLERANCES[dtype]
     expected = expected.to(torch.float64)
     actual = actual.detach().to(device="cpu", dtype=torch.float64)
     expected = expected.detach().cpu()
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert not torch.isnan(actual).any(), f"{what}: NaN in result"
-    scale = expected.abs().max().item() if expected.numel() else 0.0
+    if scale is None:
+        scale = expected.abs().max().item() if expected.numel() else 0.0
     torch.testing.assert_close(
         actual, expected, rtol=rtol, atol=atol_fraction * max(scale, 1e-30), msg=lambda m: f"{what}: {m}"
     )

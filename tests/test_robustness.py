@@ -84,9 +84,14 @@ def test_property_random_problems_match_the_float64_reference(device, backend):
             wide = [t.detach().double().requires_grad_() for t in (x, weight, bias) if t is not None]
             args = (*wide, None) if bias is None else wide
             h64, p64 = fastcae.encode(*args, activation=activation, backend="torch")
-            expected = torch.autograd.grad(h64.sum() + p64.sum() * 0.5, wide)
-            for got, want in zip(grads, expected, strict=True):
-                assert_close(got, want, x.dtype, what="gradient")
+            # dz = g_h φ' + 2 g_p φ' φ'' N: the two parts can nearly cancel (a unit past
+            # σ's inflection with a large ‖W_j‖²), and the float32 result then carries the
+            # rounding error of the parts, not of their sum. The floor scales with the parts.
+            from_code = torch.autograd.grad(h64.sum(), wide, retain_graph=True)
+            from_penalty = torch.autograd.grad(p64.sum() * 0.5, wide)
+            for got, part_h, part_p in zip(grads, from_code, from_penalty, strict=True):
+                scale = part_h.abs().max().item() + part_p.abs().max().item()
+                assert_close(got, part_h + part_p, x.dtype, what="gradient", scale=scale)
 
     check()
 
