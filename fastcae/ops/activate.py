@@ -36,7 +36,6 @@ from .fused import (
     fake_grads,
     from_custom_op_grads,
     graph_needed,
-    no_autograd,
     to_custom_op_grads,
 )
 from .reference import activate_backward_closed_form, activate_jvp_closed_form, activate_torch
@@ -211,15 +210,7 @@ AUTOGRAD = OpAutograd(ActivateFunction, ActivateFunctionWithJvp)
 
 def fused(kernels: str) -> ActivateFn:
     """The differentiable activate op over ``KERNELS[kernels]``: (z, N, activation) -> (h, p)."""
-    pair = KERNELS[kernels]
-
-    def activate(preact: Tensor, unit_norms_sq: Tensor, activation: str) -> ActivateOutputs:
-        if not torch.compiler.is_compiling() and no_autograd(preact, unit_norms_sq):
-            return pair.forward_launch(preact, unit_norms_sq, activation)
-        return AUTOGRAD.apply(preact, unit_norms_sq, activation, kernels)
-
-    activate.__name__ = f"activate_{kernels}"
-    return activate
+    return AUTOGRAD.op(KERNELS[kernels], kernels, "activate")
 
 
 # Every backend's activate op, by backend name. "naive" has no epilogue of its

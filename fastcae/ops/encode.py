@@ -40,7 +40,6 @@ from .fused import (
     fake_grads,
     from_custom_op_grads,
     graph_needed,
-    no_autograd,
     to_custom_op_grads,
 )
 from .reference import encode_backward_closed_form, encode_jvp_closed_form, encode_naive, encode_torch
@@ -237,17 +236,7 @@ AUTOGRAD = OpAutograd(EncodeFunction, EncodeFunctionWithJvp)
 
 def fused(kernels: str) -> EncodeFn:
     """The differentiable encode op over ``KERNELS[kernels]``: (x, W, b, activation) -> (h, p)."""
-    pair = KERNELS[kernels]
-
-    def encode(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
-        if not torch.compiler.is_compiling() and no_autograd(x, weight, bias):
-            code, penalty, _ = pair.forward_launch(x, weight, bias, activation)
-        else:
-            code, penalty, _ = AUTOGRAD.apply(x, weight, bias, activation, kernels)
-        return code, penalty
-
-    encode.__name__ = f"encode_{kernels}"
-    return encode
+    return AUTOGRAD.op(KERNELS[kernels], kernels, "encode", outputs=2)  # not ‖W_j‖²
 
 
 # Every backend's encode op, by backend name (fastcae/dispatch.py lists the backends).

@@ -98,6 +98,22 @@ class OpAutograd:
             return self.transformed.apply(*inputs)
         return self.eager.apply(*inputs)
 
+    def op(self, pair: KernelPair, kernels: str, name: str, outputs: int | None = None) -> Callable:
+        """The differentiable op over ``pair``: (*tensors, activation) -> the forward's
+        outputs (its first ``outputs``). A call with no autograd watching launches the
+        forward kernel directly; any other goes through this autograd (with ``kernels``,
+        the key of the pair in the op's KERNELS)."""
+
+        def op(*args):
+            if not torch.compiler.is_compiling() and no_autograd(*args[:-1]):
+                result = pair.forward_launch(*args)
+            else:
+                result = self.apply(*args, kernels)
+            return result if outputs is None else result[:outputs]
+
+        op.__name__ = f"{name}_{kernels}"
+        return op
+
 
 # A backward kernel returns None for the gradients output_mask does not ask
 # for; a Python custom op cannot return None, so the Triton ones return empty

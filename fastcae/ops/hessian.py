@@ -29,7 +29,6 @@ from .fused import (
     fake_grads,
     from_custom_op_grads,
     graph_needed,
-    no_autograd,
     to_custom_op_grads,
 )
 from .reference import hessian_backward_closed_form, hessian_jvp_closed_form, hessian_torch
@@ -221,15 +220,7 @@ AUTOGRAD = OpAutograd(HessianFunction, HessianFunctionWithJvp)
 
 def fused(kernels: str) -> HessianFn:
     """The differentiable CAE+H op over ``KERNELS[kernels]``: (z, z̃, ‖W_j‖², activation) -> p."""
-    pair = KERNELS[kernels]
-
-    def hessian(preact: Tensor, noisy_preact: Tensor, row_norms_sq: Tensor, activation: str) -> Tensor:
-        if not torch.compiler.is_compiling() and no_autograd(preact, noisy_preact, row_norms_sq):
-            return pair.forward_launch(preact, noisy_preact, row_norms_sq, activation)
-        return AUTOGRAD.apply(preact, noisy_preact, row_norms_sq, activation, kernels)
-
-    hessian.__name__ = f"hessian_{kernels}"
-    return hessian
+    return AUTOGRAD.op(KERNELS[kernels], kernels, "hessian")
 
 
 # Every backend's CAE+H op, by backend name.
