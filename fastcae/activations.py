@@ -42,7 +42,7 @@ class Activation:
         slope: z -> φ'(z).
         slope_from_code: h -> φ'(z).
         curvature_from_code: (h, φ'(z)) -> φ''(z).
-        tangent_from_code: (u, h) -> u φ'(z).
+        fused_tangent: (u, h) -> u φ'(z) as one ATen op, where there is one.
     """
 
     name: str
@@ -51,12 +51,13 @@ class Activation:
     slope: Callable[[Tensor], Tensor]
     slope_from_code: Callable[[Tensor], Tensor]
     curvature_from_code: Callable[[Tensor, Tensor], Tensor]
-    tangent_from_code: Callable[[Tensor, Tensor], Tensor] | None = None
+    fused_tangent: Callable[[Tensor, Tensor], Tensor] | None = None
 
-    def __post_init__(self) -> None:
-        if self.tangent_from_code is None:  # u φ'(z) as two ops
-            slope_from_code = self.slope_from_code
-            object.__setattr__(self, "tangent_from_code", lambda u, h: u * slope_from_code(h))
+    def tangent_from_code(self, u: Tensor, h: Tensor) -> Tensor:
+        """u φ'(z) from the code h = φ(z), u broadcast against h."""
+        if self.fused_tangent is not None:
+            return self.fused_tangent(u, h)
+        return u * self.slope_from_code(h)
 
 
 def _propagate_nan(t: Tensor, value: Tensor) -> Tensor:
@@ -83,7 +84,7 @@ ACTIVATIONS: dict[str, Activation] = {
             slope=lambda z: torch.sigmoid(z) * torch.sigmoid(-z),
             slope_from_code=lambda h: h * (1 - h),
             curvature_from_code=lambda h, slope: slope * (1 - 2 * h),
-            tangent_from_code=torch.ops.aten.sigmoid_backward,  # u h (1 - h)
+            fused_tangent=torch.ops.aten.sigmoid_backward,  # u h (1 - h)
         ),
         Activation(
             "tanh",

@@ -165,8 +165,8 @@ void forward_rows(ForwardProblem& p) {
   acc_t* group_penalties = p.group_penalties.mutable_data_ptr<acc_t>();
   const int64_t groups = penalty_groups(p.hidden);
   at::parallel_for(0, p.batch, rows_per_task(p.hidden), [&](int64_t begin, int64_t end) {
-    activate_tile<A, /*kHasBias=*/true, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, begin, end, 0,
-                                      groups);
+    activate_tile<A, /*kHasBias=*/true, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch,
+                                                         p.hidden, begin, end, 0, groups);
   });
 }
 
@@ -194,8 +194,9 @@ void forward_slabs(ForwardProblem& p, int64_t slabs) {
       } else {
         at::cpu::mm_out(code_cols, p.x, weight_rows.t());
       }
-      activate_tile<A, /*kHasBias=*/true, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch, p.hidden, 0, p.batch,
-                                        cols.first_group, cols.last_group);
+      activate_tile<A, /*kHasBias=*/true, scalar_t, acc_t>(code, code, bias, norms, group_penalties, p.batch,
+                                                           p.hidden, 0, p.batch, cols.first_group,
+                                                           cols.last_group);
     }
   });
 }

@@ -195,7 +195,8 @@ void backward_rows(EncodeBackwardState& state, at::Tensor& unit_sums) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       acc_t* chunk_sums = partials + chunk * 2 * hidden;
       std::fill(chunk_sums + (kSumGradPreact ? 0 : hidden), chunk_sums + 2 * hidden, acc_t(0));
-      tile.template fused_pass<A, kHasGradCode, kSumGradPreact>(chunk, 0, hidden, chunk_sums, chunk_sums + hidden);
+      tile.template fused_pass<A, kHasGradCode, kSumGradPreact>(chunk, 0, hidden, chunk_sums,
+                                                                chunk_sums + hidden);
     }
   });
   const int64_t first_sum = kSumGradPreact ? 0 : hidden;
