@@ -205,6 +205,10 @@ def encode_conv2d(
         preact = F.conv2d(x, weight, bias, *geometry)
         unit_norms_sq = conv2d_unit_norms_sq(weight, tuple(x.shape[1:]), *geometry)
         flat_preact, flat_norms, channels_last = _flat_units(preact, unit_norms_sq)
+        if name == "cpu" and activate_op.writes_in_place(preact, channels_last):
+            # z is this call's own: h goes over it, as an in-place activation would.
+            code, penalty = activate_op.activate_in_place(preact, flat_norms, activation, channels_last)
+            return EncoderOutput(code, penalty)
         flat_code, penalty = activate_op.IMPLEMENTATIONS[name](flat_preact, flat_norms, activation)
     if channels_last:
         batch, channels, height, width = preact.shape

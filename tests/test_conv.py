@@ -16,6 +16,7 @@ from helpers import DEVICES, assert_close, available_backends, skip_unless_suppo
 import fastcae
 from fastcae._environment import triton_interpreter_enabled as interpreter_enabled
 from fastcae.activations import ACTIVATION_NAMES, ACTIVATIONS
+from fastcae.ops import activate
 
 TARGETS = [(device, backend) for device in DEVICES for backend in available_backends(device)]
 FAST_TARGETS = [(d, b) for d, b in TARGETS if b not in ("torch", "naive")]
@@ -246,6 +247,35 @@ def test_channels_last_input(device, backend):
     assert_close(penalty, expected_penalty, torch.float64, what="penalty")
 
 
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the C++ extension is not built")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_cpu_epilogue_over_the_convolution_output_matches_a_new_buffer(channels_last):
+    """The "cpu" backend writes h over the convolution's own output (activate_in_place):
+    the same values and gradients, bit for bit, as the out-of-place kernel; an in-place
+    change to h afterwards is caught by autograd rather than corrupting the gradient."""
+    conv = {"stride": 2, "padding": 1}
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 3, 9, 7, generator=gen)
+    weight = (0.3 * torch.randn(4, 3, 3, 3, generator=gen)).requires_grad_()
+    bias = torch.randn(4, generator=gen).requires_grad_()
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    outputs = {}
+    for in_place in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            if not in_place:
+                patch.setattr(activate, "writes_in_place", lambda *args: False)
+            code, penalty = fastcae.encode_conv2d(x, weight, bias, activation="tanh", backend="cpu", **conv)
+            grads = torch.autograd.grad((code.sin().sum() + penalty.sum()), (weight, bias))
+            outputs[in_place] = (code, penalty, *grads)
+    for got, want in zip(outputs[True], outputs[False], strict=True):
+        assert torch.equal(got, want)
+    code, penalty = fastcae.encode_conv2d(x, weight, bias, backend="cpu", **conv)
+    code.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (code.sum() + penalty.sum()).backward()
+
+
 def test_unit_norms_count_only_the_taps_inside_the_image():
     # 1 channel, 3×3 kernel of ones, padding 1 on a 3×3 image: corners see 4 taps,
     # edges 6, the center 9.
@@ -317,7 +347,6 @@ def test_penalty_conv2d_reductions():
 def test_activate_op_backward_matches_its_closed_form(device, backend, grads):
     """The kernel ops under the conv penalty, against the closed form, including the
     unit-norm gradient dN = Σ_b g_p φ'² that reaches the kernel K through N."""
-    from fastcae.ops import activate
     from fastcae.ops.reference import activate_backward_closed_form
 
     gen = torch.Generator().manual_seed(12)

@@ -166,6 +166,18 @@ def test_opcheck_activate_ops(device, dtype):
             torch.ops.fastcae.activate_backward.default, (*grads, code, norms, "sigmoid", mask)
         )
     torch.library.opcheck(torch.ops.fastcae.activate_forward.default, (preact[:0], norms, "tanh"))
+    if device == "cpu":  # the in-place forward: h over z, the same values as the out-of-place one
+        for activation in ACTIVATION_NAMES:
+            in_place = torch.ops.fastcae.activate_forward_.default
+            torch.library.opcheck(in_place, (preact.clone(), norms, activation))
+            overwritten = preact.clone()
+            version = overwritten._version
+            penalty = torch.ops.fastcae.activate_forward_(overwritten, norms, activation)
+            code, want = torch.ops.fastcae.activate_forward(preact, norms, activation)
+            assert overwritten._version > version
+            assert torch.equal(overwritten, code) and torch.equal(penalty, want)
+        with pytest.raises(ValueError, match="contiguous"):
+            torch.ops.fastcae.activate_forward_(preact.t().contiguous().t(), norms, "sigmoid")
 
 
 @pytest.mark.parametrize("device", [d for d, _ in TARGETS])

@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include "cpu_kernels.h"
 #include "fastcae/activate.h"
@@ -14,21 +15,18 @@
 
 namespace fastcae {
 
-ActivateResult activate_forward_cpu(const at::Tensor& preact, const at::Tensor& unit_norms_sq,
-                                    c10::string_view activation_name) {
-  check_activate_inputs(preact, unit_norms_sq);
-  const Activation activation = parse_activation(activation_name);
-  const at::Tensor preact_c = preact.contiguous();
-  const at::Tensor norms = unit_norms_sq.contiguous();
-  const int64_t batch = preact_c.size(0);
-  const int64_t units = preact_c.size(1);
+namespace {
+
+// h = φ(z) into `code` (which may be `preact` itself) and p into `penalty`.
+void activate_forward_into(const at::Tensor& preact, const at::Tensor& norms, at::Tensor& code,
+                           at::Tensor& penalty, Activation activation) {
+  const int64_t batch = preact.size(0);
+  const int64_t units = preact.size(1);
   const int64_t groups = penalty_groups(units);
-  at::Tensor code = at::empty_like(preact_c);
-  at::Tensor penalty = at::empty({batch}, norms.options());
   at::Tensor group_penalties = at::empty({groups, batch}, norms.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, preact_c.scalar_type(), "activate_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, preact.scalar_type(), "activate_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* preact_data = preact_c.const_data_ptr<scalar_t>();
+    const scalar_t* preact_data = preact.const_data_ptr<scalar_t>();
     scalar_t* code_data = code.mutable_data_ptr<scalar_t>();
     const acc_t* norms_data = norms.const_data_ptr<acc_t>();
     acc_t* group_data = group_penalties.mutable_data_ptr<acc_t>();
@@ -44,7 +42,35 @@ ActivateResult activate_forward_cpu(const at::Tensor& preact, const at::Tensor& 
       sum_rows_in_order<acc_t>(group_data, penalty_data, groups, batch, begin, end);
     });
   });
+}
+
+}  // namespace
+
+ActivateResult activate_forward_cpu(const at::Tensor& preact, const at::Tensor& unit_norms_sq,
+                                    c10::string_view activation_name) {
+  check_activate_inputs(preact, unit_norms_sq);
+  const Activation activation = parse_activation(activation_name);
+  const at::Tensor preact_c = preact.contiguous();
+  const at::Tensor norms = unit_norms_sq.contiguous();
+  at::Tensor code = at::empty_like(preact_c);
+  at::Tensor penalty = at::empty({preact_c.size(0)}, norms.options());
+  activate_forward_into(preact_c, norms, code, penalty, activation);
   return {code, penalty};
+}
+
+at::Tensor activate_forward_inplace_cpu(at::Tensor& preact, const at::Tensor& unit_norms_sq,
+                                        c10::string_view activation_name) {
+  check_activate_inputs(preact, unit_norms_sq);
+  TORCH_CHECK_VALUE(preact.is_contiguous(), "fastcae: activate_forward_ needs a contiguous preact");
+  const Activation activation = parse_activation(activation_name);
+  const at::Tensor norms = unit_norms_sq.contiguous();
+  at::Tensor penalty = at::empty({preact.size(0)}, norms.options());
+  activate_forward_into(preact, norms, preact, penalty, activation);
+  // As ATen's in-place ops do: autograd then catches a use of z saved before this.
+  // (The schema cannot return z for the fallbacks to bump it: functionalization
+  // rejects custom ops whose outputs alias their inputs.)
+  torch::autograd::impl::bump_version(preact);
+  return penalty;
 }
 
 ActivateResult activate_backward_cpu(const c10::optional<at::Tensor>& grad_code,

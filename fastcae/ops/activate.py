@@ -37,6 +37,7 @@ from .fused import (
     from_custom_op_grads,
     graph_needed,
     to_custom_op_grads,
+    traced,
 )
 from .reference import activate_backward_closed_form, activate_jvp_closed_form, activate_torch
 
@@ -134,6 +135,9 @@ def _triton_backward_op(grad_code, grad_penalty, code, unit_norms_sq, activation
 
 if loading.extension() is not None:
     torch.library.register_fake("fastcae::activate_forward")(_activate_forward_fake)
+    torch.library.register_fake("fastcae::activate_forward_")(
+        lambda preact, unit_norms_sq, activation: _activate_forward_fake(preact, unit_norms_sq, activation)[1]
+    )
     torch.library.register_fake("fastcae::activate_backward")(_activate_backward_fake)
     torch.library.register_vmap(
         "fastcae::activate_forward", _activate_forward_vmap(torch.ops.fastcae.activate_forward)
@@ -176,19 +180,20 @@ class ActivateFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None):
-        mask = tuple(ctx.needs_input_grad[:2])
-        if (grad_code is None and grad_penalty is None) or not any(mask):
-            return None, None, None, None
         code, unit_norms_sq = ctx.saved_tensors
-        if graph_needed(grad_code, grad_penalty, code, unit_norms_sq):
-            grads = activate_backward_closed_form(
-                grad_code, grad_penalty, code, unit_norms_sq, ctx.activation, mask
-            )
-        else:
-            grads = KERNELS[ctx.kernels].backward(
-                grad_code, grad_penalty, code, unit_norms_sq, ctx.activation, list(mask)
-            )
+        mask = tuple(ctx.needs_input_grad[:2])
+        grads = _grads(mask, grad_code, grad_penalty, code, unit_norms_sq, ctx.activation, ctx.kernels)
         return (*grads, None, None)
+
+
+def _grads(mask, grad_code, grad_penalty, code, unit_norms_sq, activation: str, kernels: str) -> Grads:
+    """(dz, dN) where ``mask`` asks: the fused backward kernel, or the differentiable
+    closed form where a graph of the gradient is needed."""
+    if (grad_code is None and grad_penalty is None) or not any(mask):
+        return None, None
+    if graph_needed(grad_code, grad_penalty, code, unit_norms_sq):
+        return activate_backward_closed_form(grad_code, grad_penalty, code, unit_norms_sq, activation, mask)
+    return KERNELS[kernels].backward(grad_code, grad_penalty, code, unit_norms_sq, activation, list(mask))
 
 
 class ActivateFunctionWithJvp(ActivateFunction):
@@ -211,6 +216,79 @@ AUTOGRAD = OpAutograd(ActivateFunction, ActivateFunctionWithJvp)
 def fused(kernels: str) -> ActivateFn:
     """The differentiable activate op over ``KERNELS[kernels]``: (z, N, activation) -> (h, p)."""
     return AUTOGRAD.op(KERNELS[kernels], kernels, "activate")
+
+
+# --- In place on the CPU -------------------------------------------------------------------
+
+
+def _units(t: Tensor, channels_last: bool) -> Tensor:
+    """t (B, C, H, W) as (B, U) in its memory order: a view of a contiguous or a
+    channels-last t (B, …) (channels_last says which), a copy of any other."""
+    units = t.shape[1:].numel()  # not -1: an empty batch has no size to infer it from
+    if channels_last:
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], units)
+    return t.reshape(t.shape[0], units)
+
+
+def _from_units(flat: Tensor, like: Tensor, channels_last: bool) -> Tensor:
+    """The inverse of _units: flat (B, U) as a tensor of like's shape and memory order."""
+    if channels_last:
+        batch, channels, height, width = like.shape
+        return flat.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    return flat.view(like.shape)
+
+
+class ActivateInPlace(torch.autograd.Function):
+    """(z (B, …), N (U,) in z's memory order, activation, channels_last) -> (h, p) with h
+    written over z, which the caller owns: the CPU kernel without a new output buffer
+    (a fresh one of a few MiB page-faults on every call: csrc/include/fastcae/activate.h).
+    Eager calls only; the backward is the op's (fused, or the closed form for a graph)."""
+
+    @staticmethod
+    def forward(ctx, preact: Tensor, unit_norms_sq: Tensor, activation: str, channels_last: bool):
+        flat_preact = _units(preact, channels_last)
+        penalty = torch.ops.fastcae.activate_forward_(flat_preact, unit_norms_sq, activation)
+        ctx.mark_dirty(preact)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(preact, unit_norms_sq)
+        ctx.activation, ctx.channels_last = activation, channels_last
+        return preact, penalty
+
+    @staticmethod
+    def backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None):
+        code, unit_norms_sq = ctx.saved_tensors
+        layout = ctx.channels_last
+        flat_grad_code = None if grad_code is None else _units(grad_code, layout)
+        mask = tuple(ctx.needs_input_grad[:2])
+        grad_preact, grad_norms = _grads(
+            mask, flat_grad_code, grad_penalty, _units(code, layout), unit_norms_sq, ctx.activation, "cpp"
+        )
+        if grad_preact is not None:
+            grad_preact = _from_units(grad_preact, code, layout)
+        return grad_preact, grad_norms, None, None
+
+
+def writes_in_place(preact: Tensor, channels_last: bool) -> bool:
+    """Whether :func:`activate_in_place` can write h over ``preact``: a CPU tensor whose
+    (B, U) view in memory order is a view (contiguous, or channels-last as flagged), in
+    eager mode with no forward-mode AD, with the C++ extension built."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    dense = preact.is_contiguous(memory_format=layout)
+    return (
+        preact.device.type == "cpu"
+        and dense
+        and loading.extension() is not None
+        and not traced()
+        and torch.autograd.forward_ad._current_level < 0
+    )
+
+
+def activate_in_place(
+    preact: Tensor, unit_norms_sq: Tensor, activation: str, channels_last: bool
+) -> ActivateOutputs:
+    """The "cpu" backend's activate op with h written over z (B, …) (see writes_in_place):
+    (h, the same tensor as z, and p (B,)); N (U,) in z's memory order."""
+    return ActivateInPlace.apply(preact, unit_norms_sq, activation, channels_last)
 
 
 # Every backend's activate op, by backend name. "naive" has no epilogue of its
