@@ -9,8 +9,8 @@ land in the zero padding contribute nothing. So row u of the Jacobian
     p_b = ‖∂h_b/∂x_b‖²_F = Σ_u φ'(z_bu)² N_u,   N_u = Σ_{taps of u inside x} K_c²
 
 N depends only on K and the geometry: it is conv2d(1, K², same geometry) of
-one all-ones image, computed as two small products (conv2d_unit_norms_sq),
-differentiable to K. The
+one all-ones image, computed as one small product of Σ_{c'} K² with the
+geometry's tap mask (conv2d_unit_norms_sq), differentiable to K. The
 penalty is then the encode op's epilogue with per-unit norms N
 (fastcae/ops/activate.py) on z viewed as (B, C_out·H_out·W_out): the
 convolution runs through ATen (cuDNN, oneDNN) and autograd, the epilogue and
@@ -46,6 +46,11 @@ def _inside_taps(
     return (source >= 0) & (source < input_size)
 
 
+# Above this many entries (kH·kW·H_out·W_out) a geometry's tap mask is not formed
+# and N comes from its row and column masks (two products instead of one).
+MAX_TAP_MASK_ENTRIES = 1 << 22
+
+
 @constant_tensors
 def _tap_masks(
     input_hw: tuple[int, int],
@@ -55,9 +60,11 @@ def _tap_masks(
     dilation: tuple[int, int],
     dtype: torch.dtype,
     device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """The row and column masks M_h (H_out, kH), M_w (W_out, kW) of one geometry, in ``dtype``
-    (made once per geometry: about 20 small ops, ~200 µs of a CPU forward)."""
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The masks of one geometry, in ``dtype``: rows M_h (H_out, kH), columns M_w (W_out, kW),
+    and T (kH·kW, H_out·W_out), T[(k, l), (i, j)] = M_h[i, k] M_w[j, l], or None where it
+    would have more than MAX_TAP_MASK_ENTRIES entries. Made once per geometry: about
+    20 small ops, ~200 µs of a CPU forward."""
     masks = []
     for size, kernel, step, pad, dilate in zip(
         input_hw, kernel_hw, stride, _pads(padding, kernel_hw, dilation), dilation, strict=True
@@ -65,7 +72,11 @@ def _tap_masks(
         extent = dilate * (kernel - 1) + 1
         out = size if padding == "same" else (size + 2 * pad - extent) // step + 1
         masks.append(_inside_taps(size, out, kernel, step, dilate, pad, device).to(dtype))
-    return masks[0], masks[1]
+    rows, cols = masks
+    taps = None
+    if rows.numel() * cols.numel() <= MAX_TAP_MASK_ENTRIES:
+        taps = (rows.t()[:, None, :, None] * cols.t()[None, :, None, :]).flatten(2).flatten(0, 1)
+    return rows, cols, taps
 
 
 def _pads(
@@ -86,44 +97,55 @@ def conv2d_unit_norms_sq(
     padding: tuple[int, int] | str,
     dilation: tuple[int, int],
     groups: int,
+    *,
+    channels_last: bool = False,
 ) -> Tensor:
     """N (C_out, H_out, W_out): the squared norm of each output unit's row of ∂z/∂x.
 
     N_cij = Σ_{c', k, l} K[c, c', k, l]² · [tap (k, l) of (i, j) lands inside x],
-    which is conv2d(1, K², same geometry) of an all-ones image. Whether a tap
-    lands inside factors into a row test and a column test, so with
-    S = Σ_{c'} K² (C_out, kH, kW) and the 0/1 masks M_h (H_out, kH), M_w (W_out, kW):
+    which is conv2d(1, K², same geometry) of an all-ones image. With
+    S = Σ_{c'} K² (C_out, kH·kW) (the groups only select which input channels a
+    kernel has, and S sums them) and the geometry's 0/1 tap mask
+    T (kH·kW, H_out·W_out), that is one small product,
 
-        N_c = M_h S_c M_wᵀ   (H_out × W_out for every c, two batched matmuls)
+        N = S T   (or Nᵀ = Tᵀ Sᵀ, channels-last),
 
-    two small products instead of a convolution (the groups only select which
-    input channels a kernel has, and S sums them). In the accumulation dtype,
-    differentiable with respect to ``weight``.
+    and where T would be large, since a tap lands inside when it does so in
+    both its row and its column, N_c = M_h S_c M_wᵀ with the row and column
+    masks M_h (H_out, kH), M_w (W_out, kW). In the accumulation dtype,
+    differentiable with respect to ``weight``; with ``channels_last`` its
+    memory is in that order, (H_out, W_out, C_out).
     """
     compute = acc_dtype(weight.dtype)
-    rows, cols = _tap_masks(
-        tuple(input_size[1:]), tuple(weight.shape[2:]), stride, padding, dilation, compute, weight.device
+    kernel_hw = tuple(weight.shape[2:])
+    rows, cols, taps = _tap_masks(
+        tuple(input_size[1:]), kernel_hw, stride, padding, dilation, compute, weight.device
     )
     tap_norms = weight.to(compute).square().sum(dim=1)  # S (C_out, kH, kW)
-    return rows @ (tap_norms @ cols.t())  # (H_out, kH) @ (C_out, kH, W_out)
+    out_channels, out_hw = weight.shape[0], (rows.shape[0], cols.shape[0])
+    if taps is None:
+        return rows @ (tap_norms @ cols.t())  # (H_out, kH) @ (C_out, kH, W_out)
+    if channels_last:
+        return (taps.t() @ tap_norms.view(out_channels, -1).t()).view(*out_hw, out_channels).permute(2, 0, 1)
+    return (tap_norms.view(out_channels, -1) @ taps).view(out_channels, *out_hw)
 
 
-def _flat_units(preact: Tensor, unit_norms_sq: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """z (B, C, H, W) and N (C, H, W) as (B, U) and (U,) in z's memory order, without a copy
-    for NCHW or channels-last z; the flag says channels-last."""
-    batch, units = preact.shape[0], preact.shape[1:].numel()
-    channels_last = (
+def _is_channels_last(preact: Tensor) -> bool:
+    """Whether z (B, C, H, W) is laid out channels-last (and not also contiguous)."""
+    return (
         not torch._C._are_functorch_transforms_active()
         and not preact.is_contiguous()
         and preact.is_contiguous(memory_format=torch.channels_last)
     )
+
+
+def _flat_units(preact: Tensor, unit_norms_sq: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """z (B, C, H, W) and N (C, H, W) as (B, U) and (U,) in z's memory order: views for
+    NCHW z, and for channels-last z and N (conv2d_unit_norms_sq's channels_last)."""
+    batch, units = preact.shape[0], preact.shape[1:].numel()
     if channels_last:
-        return (
-            preact.permute(0, 2, 3, 1).reshape(batch, units),
-            unit_norms_sq.permute(1, 2, 0).reshape(-1),
-            True,
-        )
-    return preact.reshape(batch, units), unit_norms_sq.reshape(-1), False
+        return preact.permute(0, 2, 3, 1).reshape(batch, units), unit_norms_sq.permute(1, 2, 0).reshape(-1)
+    return preact.reshape(batch, units), unit_norms_sq.reshape(-1)
 
 
 def _encode_conv2d_naive(
@@ -203,8 +225,10 @@ def encode_conv2d(
         if name == "naive":
             return EncoderOutput(*_encode_conv2d_naive(x, weight, bias, geometry, activation))
         preact = F.conv2d(x, weight, bias, *geometry)
-        unit_norms_sq = conv2d_unit_norms_sq(weight, tuple(x.shape[1:]), *geometry)
-        flat_preact, flat_norms, channels_last = _flat_units(preact, unit_norms_sq)
+        channels_last = _is_channels_last(preact)
+        input_size = tuple(x.shape[1:])
+        unit_norms_sq = conv2d_unit_norms_sq(weight, input_size, *geometry, channels_last=channels_last)
+        flat_preact, flat_norms = _flat_units(preact, unit_norms_sq, channels_last)
         if name == "cpu" and activate_op.writes_in_place(preact, channels_last):
             # z is this call's own: h goes over it, as an in-place activation would.
             code, penalty = activate_op.activate_in_place(preact, flat_norms, activation, channels_last)

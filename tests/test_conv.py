@@ -284,9 +284,10 @@ def test_unit_norms_count_only_the_taps_inside_the_image():
     assert norms[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("seed", range(40))
-def test_separable_unit_norms_equal_a_convolution_of_ones(seed):
-    """conv2d_unit_norms_sq's two products against its definition, conv2d(1, K²)."""
+def test_unit_norms_equal_a_convolution_of_ones(seed, channels_last):
+    """conv2d_unit_norms_sq's product with the tap mask against its definition, conv2d(1, K²)."""
     geometry = random_geometry(900 + seed)
     _, weight, _ = make_conv_inputs(geometry, seed=seed)
     conv = geometry["conv"]
@@ -297,8 +298,23 @@ def test_separable_unit_norms_equal_a_convolution_of_ones(seed):
     if isinstance(padding, int):
         padding = (padding, padding)
     got = fastcae.conv.conv2d_unit_norms_sq(
-        weight, input_size, conv["stride"], padding, conv["dilation"], conv["groups"]
-    )
+        weight, input_size, conv["stride"], padding, conv["dilation"], conv["groups"],
+        channels_last=channels_last,
+    )  # fmt: skip
+    torch.testing.assert_close(got, expected)
+    assert got.permute(1, 2, 0).is_contiguous() if channels_last else got.is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unit_norms_of_a_geometry_too_large_for_its_tap_mask(channels_last):
+    # 7×7 taps × 300×300 outputs: more entries than MAX_TAP_MASK_ENTRIES, so N
+    # comes from the row and column masks.
+    weight = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    geometry = ((1, 1), (3, 3), (1, 1))
+    _, _, taps = fastcae.conv._tap_masks((300, 300), (7, 7), *geometry, torch.float64, torch.device("cpu"))
+    assert taps is None
+    expected = F.conv2d(torch.ones(1, 3, 300, 300, dtype=torch.float64), weight.square(), padding=3)[0]
+    got = fastcae.conv.conv2d_unit_norms_sq(weight, (3, 300, 300), *geometry, 1, channels_last=channels_last)
     torch.testing.assert_close(got, expected)
 
 
