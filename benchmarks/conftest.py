@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from benchmarks.cases import QUICK
-from benchmarks.measure import device_name, device_slug
+from benchmarks.measure import device_name, device_slug, keep_freed_memory
 from benchmarks.report import Record, markdown, plot, text_table
 from fastcae._precision import cuda_fp32_uses_tf32
 
 RECORDS: list[Record] = []
+ALLOCATOR = ""  # keep_freed_memory's note, set when the session starts
 
 
 def bench_device() -> torch.device:
@@ -42,6 +43,8 @@ def output_stem() -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    global ALLOCATOR
+    ALLOCATOR = keep_freed_memory()
     # The pytest-benchmark JSON goes next to the markdown unless asked elsewhere.
     if getattr(config.option, "benchmark_json", None) is None and hasattr(config.option, "benchmark_json"):
         out = output_dir()
@@ -67,7 +70,8 @@ def run_header() -> str:
         precision = f", float32 matmuls in {'TF32' if cuda_fp32_uses_tf32() else 'IEEE float32'}"
     return (
         f"## {device_name(device)}{' (quick grid)' if QUICK else ''}\n\n"
-        f"Measured {when} with torch {torch.__version__}{precision}; activation sigmoid, λ = 0.1. "
+        f"Measured {when} with torch {torch.__version__}{precision}"
+        f"{'; ' + ALLOCATOR if ALLOCATOR else ''}; activation sigmoid, λ = 0.1. "
         "Medians per call; speedups are how many times faster than the named method at the same shape; "
         "'/ floor' is the time relative to the encoder (train: a plain autoencoder step) without any penalty."
     )

@@ -39,7 +39,13 @@ from torch import Tensor
 
 import fastcae
 from benchmarks.cases import LAMBDA, QUICK
-from benchmarks.measure import device_name, gate_tolerance, peak_extra_memory, relative_error
+from benchmarks.measure import (
+    device_name,
+    gate_tolerance,
+    keep_freed_memory,
+    peak_extra_memory,
+    relative_error,
+)
 from fastcae._timing import interleaved_medians, synchronize
 
 STRIDE, PADDING = 2, 1
@@ -221,7 +227,11 @@ def main(argv: list[str] | None = None) -> None:
             with args.jsonl.open("a") as out:
                 out.write(json.dumps({"line": text, **record}) + "\n")
 
-    line(f"conv penalty on {device_name(device)}, float32, {problem.shape.label}, torch {torch.__version__}")
+    allocator = keep_freed_memory()
+    line(
+        f"conv penalty on {device_name(device)}, float32, {problem.shape.label}, torch {torch.__version__}"
+        + (f"; {allocator}" if allocator else "")
+    )
     tolerance = gate_tolerance(torch.float32, device)
     for mode in ("forward", "train"):
         runs = {}

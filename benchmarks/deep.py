@@ -51,7 +51,7 @@ from torch import Tensor
 
 import fastcae
 from benchmarks.cases import QUICK
-from benchmarks.measure import device_name, device_slug, peak_extra_memory
+from benchmarks.measure import device_name, device_slug, keep_freed_memory, peak_extra_memory
 from benchmarks.targets import Report
 from fastcae._timing import interleaved_medians
 from fastcae.deep import chain_jacobian, encoder_layers
@@ -197,9 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     text = Path(args.out_dir) / f"{stem}.txt" if args.out_dir else None
     report = Report(jsonl, text, device_name(device))
     sizes = "-".join(map(str, SIZES))
+    allocator = keep_freed_memory()
     report.line(
         f"deep encoder {sizes} sigmoid, B = {BATCH}, float32, λ = {LAMBDA}, on {device_name(device)}, "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}" + (f"; {allocator}" if allocator else ""),
         kind="header",
     )
     torch.manual_seed(1)

@@ -61,6 +61,30 @@ def relative_error(result: tuple, expected: tuple) -> float:
 _libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory() -> str:
+    """Make glibc's malloc keep freed memory for reuse: blocks up to 32 MiB from the
+    heap, which is never trimmed. Returns a note for the run's header ("" if not applied).
+
+    By default a freed block of a few MiB is often handed back to the OS, and the
+    next allocation of its size page-faults in fresh pages (on a 2-core VM about
+    2 ms per 4 MiB, several times the convolution of benchmarks/conv.py); whether
+    it is depends on the order of earlier allocations, so one call of F.conv2d
+    measured 0.2 or 2.7 ms by what ran before it. Kept memory is the steady state of
+    a training loop, and what jemalloc or tcmalloc (PyTorch's advice for CPUs)
+    give anyway; every method of a run gets it alike. Peak memory is still the
+    touched pages: peak_extra_memory trims the heap first.
+    """
+    if _libc is None or platform.libc_ver()[0] != "glibc":
+        return ""
+    settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+    applied = all(_libc.mallopt(parameter, value) == 1 for parameter, value in settings)
+    return "malloc keeps freed memory" if applied else ""
+
+
 def _proc_status(key: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:

@@ -73,6 +73,7 @@ from benchmarks.measure import (
     device_name,
     device_slug,
     gate_tolerance,
+    keep_freed_memory,
     peak_extra_memory,
     reference_result,
     relative_error,
@@ -671,6 +672,9 @@ def main(argv: list[str] | None = None) -> None:
         text = stem.with_suffix(".txt")
         jsonl = jsonl or stem.with_suffix(".jsonl")
     report = Report(jsonl, text, device_name(device))
+    allocator = keep_freed_memory()
+    if allocator:
+        report.line(f"CPU allocator: {allocator}", kind="header")
     start = time.perf_counter()
     if args.goals == "gpu":
         run_gpu_goals(args, device, report)
