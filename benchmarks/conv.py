@@ -1,7 +1,7 @@
 """The convolutional layer's penalty: its problem, methods, and its targets.
 
     python -m benchmarks.conv [--device cpu] [--rounds 30] [--jsonl out.jsonl] [--batch 4]
-                              [--naive-budget-gib 20]
+                              [--shape B,C_in,size,C_out,kernel] [--naive-budget-gib 20]
 
 A problem is an image-autoencoder layer (default B = 64, 3×32×32 → 64×16×16,
 3×3 kernel, stride 2, padding 1, sigmoid) with a tied transposed-conv decoder
@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jsonl", type=Path, default=None)
     parser.add_argument("--batch", type=int, default=None, help="B instead of the default")
     parser.add_argument(
+        "--shape",
+        default=None,
+        help="B,C_in,size,C_out,kernel instead of the default (e.g. 64,64,16,128,3: the next layer)",
+    )
+    parser.add_argument(
         "--naive-budget-gib",
         type=float,
         default=4.0,
@@ -216,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    shape = conv_shape() if args.batch is None else dataclasses.replace(conv_shape(), batch=args.batch)
+    shape = conv_shape() if args.shape is None else ConvShape(*(int(n) for n in args.shape.split(",")))
+    if args.batch is not None:
+        shape = dataclasses.replace(shape, batch=args.batch)
     problem = ConvProblem.make(shape, torch.float32, device)
     records: list[dict] = []
 
