@@ -114,7 +114,7 @@ def conv2d_unit_norms_sq(
     both its row and its column, N_c = M_h S_c M_wᵀ with the row and column
     masks M_h (H_out, kH), M_w (W_out, kW). In the accumulation dtype,
     differentiable with respect to ``weight``; with ``channels_last`` its
-    memory is in that order, (H_out, W_out, C_out).
+    memory is in that order, (H_out, W_out, C_out), on either path.
     """
     compute = acc_dtype(weight.dtype)
     kernel_hw = tuple(weight.shape[2:])
@@ -124,7 +124,8 @@ def conv2d_unit_norms_sq(
     tap_norms = weight.to(compute).square().sum(dim=1)  # S (C_out, kH, kW)
     out_channels, out_hw = weight.shape[0], (rows.shape[0], cols.shape[0])
     if taps is None:
-        return rows @ (tap_norms @ cols.t())  # (H_out, kH) @ (C_out, kH, W_out)
+        norms = rows @ (tap_norms @ cols.t())  # (H_out, kH) @ (C_out, kH, W_out)
+        return norms.permute(1, 2, 0).contiguous().permute(2, 0, 1) if channels_last else norms
     if channels_last:
         return (taps.t() @ tap_norms.view(out_channels, -1).t()).view(*out_hw, out_channels).permute(2, 0, 1)
     return (tap_norms.view(out_channels, -1) @ taps).view(out_channels, *out_hw)
@@ -137,15 +138,6 @@ def _is_channels_last(preact: Tensor) -> bool:
         and not preact.is_contiguous()
         and preact.is_contiguous(memory_format=torch.channels_last)
     )
-
-
-def _flat_units(preact: Tensor, unit_norms_sq: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """z (B, C, H, W) and N (C, H, W) as (B, U) and (U,) in z's memory order: views for
-    NCHW z, and for channels-last z and N (conv2d_unit_norms_sq's channels_last)."""
-    batch, units = preact.shape[0], preact.shape[1:].numel()
-    if channels_last:
-        return preact.permute(0, 2, 3, 1).reshape(batch, units), unit_norms_sq.permute(1, 2, 0).reshape(-1)
-    return preact.reshape(batch, units), unit_norms_sq.reshape(-1)
 
 
 def _encode_conv2d_naive(
@@ -228,18 +220,15 @@ def encode_conv2d(
         channels_last = _is_channels_last(preact)
         input_size = tuple(x.shape[1:])
         unit_norms_sq = conv2d_unit_norms_sq(weight, input_size, *geometry, channels_last=channels_last)
-        flat_preact, flat_norms = _flat_units(preact, unit_norms_sq, channels_last)
+        # N (U,) in z's memory order: a view, as conv2d_unit_norms_sq laid it out so.
+        flat_norms = (unit_norms_sq.permute(1, 2, 0) if channels_last else unit_norms_sq).reshape(-1)
         if name == "cpu" and activate_op.writes_in_place(preact, channels_last):
             # z is this call's own: h goes over it, as an in-place activation would.
             code, penalty = activate_op.activate_in_place(preact, flat_norms, activation, channels_last)
             return EncoderOutput(code, penalty)
+        flat_preact = activate_op.units_view(preact, channels_last)
         flat_code, penalty = activate_op.IMPLEMENTATIONS[name](flat_preact, flat_norms, activation)
-    if channels_last:
-        batch, channels, height, width = preact.shape
-        code = flat_code.view(batch, height, width, channels).permute(0, 3, 1, 2)
-    else:
-        code = flat_code.view(preact.shape)
-    return EncoderOutput(code, penalty)
+    return EncoderOutput(activate_op.from_units(flat_code, preact, channels_last), penalty)
 
 
 def penalty_conv2d(

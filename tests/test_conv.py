@@ -316,6 +316,7 @@ def test_unit_norms_of_a_geometry_too_large_for_its_tap_mask(channels_last):
     expected = F.conv2d(torch.ones(1, 3, 300, 300, dtype=torch.float64), weight.square(), padding=3)[0]
     got = fastcae.conv.conv2d_unit_norms_sq(weight, (3, 300, 300), *geometry, 1, channels_last=channels_last)
     torch.testing.assert_close(got, expected)
+    assert got.permute(1, 2, 0).is_contiguous() if channels_last else got.is_contiguous()
 
 
 BAD_INPUTS = [

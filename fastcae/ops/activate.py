@@ -221,7 +221,7 @@ def fused(kernels: str) -> ActivateFn:
 # --- In place on the CPU -------------------------------------------------------------------
 
 
-def _units(t: Tensor, channels_last: bool) -> Tensor:
+def units_view(t: Tensor, channels_last: bool) -> Tensor:
     """t (B, C, H, W) as (B, U) in its memory order: a view of a contiguous or a
     channels-last t (B, …) (channels_last says which), a copy of any other."""
     units = t.shape[1:].numel()  # not -1: an empty batch has no size to infer it from
@@ -230,8 +230,8 @@ def _units(t: Tensor, channels_last: bool) -> Tensor:
     return t.reshape(t.shape[0], units)
 
 
-def _from_units(flat: Tensor, like: Tensor, channels_last: bool) -> Tensor:
-    """The inverse of _units: flat (B, U) as a tensor of like's shape and memory order."""
+def from_units(flat: Tensor, like: Tensor, channels_last: bool) -> Tensor:
+    """The inverse of units_view: flat (B, U) as a tensor of like's shape and memory order."""
     if channels_last:
         batch, channels, height, width = like.shape
         return flat.view(batch, height, width, channels).permute(0, 3, 1, 2)
@@ -246,7 +246,7 @@ class ActivateInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, preact: Tensor, unit_norms_sq: Tensor, activation: str, channels_last: bool):
-        flat_preact = _units(preact, channels_last)
+        flat_preact = units_view(preact, channels_last)
         penalty = torch.ops.fastcae.activate_forward_(flat_preact, unit_norms_sq, activation)
         ctx.mark_dirty(preact)
         ctx.set_materialize_grads(False)
@@ -258,13 +258,13 @@ class ActivateInPlace(torch.autograd.Function):
     def backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None):
         code, unit_norms_sq = ctx.saved_tensors
         layout = ctx.channels_last
-        flat_grad_code = None if grad_code is None else _units(grad_code, layout)
+        flat_grad_code = None if grad_code is None else units_view(grad_code, layout)
         mask = tuple(ctx.needs_input_grad[:2])
         grad_preact, grad_norms = _grads(
-            mask, flat_grad_code, grad_penalty, _units(code, layout), unit_norms_sq, ctx.activation, "cpp"
+            mask, flat_grad_code, grad_penalty, units_view(code, layout), unit_norms_sq, ctx.activation, "cpp"
         )
         if grad_preact is not None:
-            grad_preact = _from_units(grad_preact, code, layout)
+            grad_preact = from_units(grad_preact, code, layout)
         return grad_preact, grad_norms, None, None
 
 
