@@ -2,6 +2,7 @@
 
     python -m benchmarks.conv [--device cpu] [--rounds 30] [--jsonl out.jsonl] [--batch 4]
                               [--shape B,C_in,size,C_out,kernel] [--naive-budget-gib 20]
+                              [--layouts 8]
 
 A problem is an image-autoencoder layer (default B = 64, 3×32×32 → 64×16×16,
 3×3 kernel, stride 2, padding 1, sigmoid) with a tied transposed-conv decoder
@@ -19,6 +20,10 @@ Every method is checked against the float64 closed form before it is timed.
 The targets (CPU): forward ≤ 1.05× the floor, a training step ≤ 1.10× the
 plain step; each ratio from its own interleaved run of the two methods
 (fastcae._timing.interleaved_medians), every line printed as it is measured.
+With --layouts K the run is repeated in K processes, each with its heap
+shifted differently (a CPU step's ratio depends a few percent on where its
+buffers land: benchmarks.measure.shift_heap), and each target is reported as
+the median and range of the K ratios.
 Nothing here asserts. tests in benchmarks/test_conv.py run the same methods
 under pytest-benchmark.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,11 +46,14 @@ from torch import Tensor
 import fastcae
 from benchmarks.cases import LAMBDA, QUICK
 from benchmarks.measure import (
+    across_heap_layouts,
     device_name,
     gate_tolerance,
+    heap_offsets_kib,
     keep_freed_memory,
     peak_extra_memory,
     relative_error,
+    shift_heap,
 )
 from fastcae._timing import interleaved_medians, synchronize
 
@@ -219,25 +228,36 @@ def main(argv: list[str] | None = None) -> None:
         default=4.0,
         help="memory the naive method may take (B = 4 at the default shape needs 26 GiB by the estimate)",
     )
+    parser.add_argument(
+        "--layouts",
+        type=int,
+        default=1,
+        help="run in this many processes, each with its heap shifted differently, and report the "
+        "targets' spread (CPU; see benchmarks.measure.shift_heap)",
+    )
+    parser.add_argument("--heap-offset-kib", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    shape = conv_shape() if args.shape is None else ConvShape(*(int(n) for n in args.shape.split(",")))
-    if args.batch is not None:
-        shape = dataclasses.replace(shape, batch=args.batch)
-    problem = ConvProblem.make(shape, torch.float32, device)
-    records: list[dict] = []
 
     def line(text: str, **record) -> None:
         print(text, flush=True)
-        records.append({"line": text, **record})
         if args.jsonl is not None:
             with args.jsonl.open("a") as out:
                 out.write(json.dumps({"line": text, **record}) + "\n")
 
+    if args.layouts > 1:
+        _targets_across_layouts(args, line)
+        return
     allocator = keep_freed_memory()
+    heap_shift = shift_heap(args.heap_offset_kib)  # held to the end of the run
+    shape = conv_shape() if args.shape is None else ConvShape(*(int(n) for n in args.shape.split(",")))
+    if args.batch is not None:
+        shape = dataclasses.replace(shape, batch=args.batch)
+    problem = ConvProblem.make(shape, torch.float32, device)
     line(
         f"conv penalty on {device_name(device)}, float32, {problem.shape.label}, torch {torch.__version__}"
         + (f"; {allocator}" if allocator else "")
+        + (f"; heap shifted by {args.heap_offset_kib} KiB" if heap_shift is not None else "")
     )
     tolerance = gate_tolerance(torch.float32, device)
     for mode in ("forward", "train"):
@@ -287,6 +307,39 @@ def main(argv: list[str] | None = None) -> None:
                 ratio=ratio,
                 goal=goal,
             )
+
+
+def _targets_across_layouts(args: argparse.Namespace, line: Callable[..., None]) -> None:
+    """The targets' paired ratios from ``args.layouts`` runs of this benchmark, each in a
+    fresh process with its heap shifted differently: every ratio, then median and range."""
+    child_args = ["--device", args.device, "--rounds", str(args.rounds)]
+    for flag, value in (("--shape", args.shape), ("--batch", args.batch)):
+        if value is not None:
+            child_args += [flag, str(value)]
+    offsets = heap_offsets_kib(args.layouts)
+    runs = across_heap_layouts("benchmarks.conv", child_args, offsets)
+    line(f"{runs[0][0]['line']}; targets over {len(runs)} heap layouts (shifts {offsets} KiB)")
+    ratios: dict[tuple[str, str], list[float]] = {}
+    goals: dict[tuple[str, str], float] = {}
+    for records in runs:
+        for record in records:
+            if "ratio" in record:
+                key = (record["mode"], record["method"])
+                ratios.setdefault(key, []).append(record["ratio"])
+                goals[key] = record["goal"]
+    for (mode, method), values in ratios.items():
+        median, goal = statistics.median(values), goals[(mode, method)]
+        outcome = "met" if median <= goal else "NOT met"
+        line(
+            f"  TARGET {mode} {method} / conv-only over {len(values)} heap layouts: median {median:.3f} "
+            f"(range {min(values):.3f}-{max(values):.3f}; each: {', '.join(f'{v:.3f}' for v in values)}) "
+            f"(goal ≤ {goal}) -> {outcome}",
+            mode=mode,
+            method=method,
+            ratios=values,
+            median=median,
+            goal=goal,
+        )
 
 
 if __name__ == "__main__":

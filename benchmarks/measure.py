@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import platform
+import random
 import re
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -83,6 +88,42 @@ def keep_freed_memory() -> str:
     settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
     applied = all(_libc.mallopt(parameter, value) == 1 for parameter, value in settings)
     return "malloc keeps freed memory" if applied else ""
+
+
+def shift_heap(kib: int) -> Tensor | None:
+    """Hold an untouched block of ``kib`` KiB from the heap (keep the returned tensor
+    alive), so that everything allocated after it lands at other addresses.
+
+    A CPU training step's ratio to another depends on where its buffers land:
+    the conv step's paired ratio measured 1.08 to 1.25 over eight such shifts on
+    one VM, steady within each process (BENCHMARKS.md). Running a benchmark in
+    several processes, each shifted differently (across_heap_layouts), samples
+    that spread instead of reporting one draw of it. Call after keep_freed_memory
+    and before the problem is made. None for 0.
+    """
+    if kib <= 0:
+        return None
+    return torch.empty(kib * 256 + 1, dtype=torch.float32)  # +1: not a whole number of pages
+
+
+def across_heap_layouts(module: str, args: list[str], offsets_kib: list[int]) -> list[list[dict]]:
+    """Run ``python -m module *args --heap-offset-kib K --jsonl FILE`` once per offset,
+    each in a fresh process, and return each run's JSON records."""
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        for index, offset in enumerate(offsets_kib):
+            records_path = Path(folder) / f"layout-{index}.jsonl"
+            command = [sys.executable, "-m", module, *args, "--heap-offset-kib", str(offset)]
+            subprocess.run([*command, "--jsonl", str(records_path)], check=True, stdout=subprocess.DEVNULL)
+            with records_path.open() as records:
+                runs.append([json.loads(line) for line in records])
+    return runs
+
+
+def heap_offsets_kib(count: int, seed: int = 0) -> list[int]:
+    """``count`` heap shifts: 0 (the unshifted process), then random page multiples below 8 MiB."""
+    rng = random.Random(seed)
+    return [0, *(4 * rng.randrange(1, 2048) for _ in range(count - 1))][:count]
 
 
 def _proc_status(key: str) -> int:

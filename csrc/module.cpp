@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/sigmoid_avx512.h"
 #include "fastcae/cae_math.h"
 
 // setup.py passes the arch list as bare tokens (e.g. 8.0,9.0); this quotes them.
@@ -18,15 +19,20 @@
 
 namespace {
 
-// Which of the CPU kernel clones (GCC target_clones) this machine runs.
+// Which of the CPU kernel clones (GCC target_clones) this machine runs, and
+// whether the float32 sigmoid forward takes its AVX-512 intrinsics pass.
 std::string cpu_kernel_isa() {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
-  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2)";
-  return "x86-64 baseline (SSE2)";
+  std::string isa = __builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4 (AVX-512)"
+                    : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3 (AVX2)"
+                                                          : "x86-64 baseline (SSE2)";
 #else
-  return "compiler default";
+  std::string isa = "compiler default";
 #endif
+#ifdef FASTCAE_HAS_AVX512_SIGMOID
+  if (fastcae::use_avx512_sigmoid()) isa += "; float32 sigmoid forward: AVX-512 intrinsics";
+#endif
+  return isa;
 }
 
 // (name, id) of every activation the kernels were compiled for, in id order.

@@ -6,6 +6,9 @@
   instead of timing their autotune lists (the test suite sets it).
 - ``FASTCAE_AUTOTUNE=0``: backend="auto" takes the first candidate of its
   preference list instead of timing the candidates.
+- ``FASTCAE_CPU_INTRINSICS=0``: the C++ CPU kernels run the float32 sigmoid
+  forward with their portable loop instead of its AVX-512 pass
+  (csrc/cpu/sigmoid_avx512.h); read by the extension once, at first use.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """The C++/CUDA kernel ops as torch.library ops (opcheck; a gradient through a
-direct call is a clear error), the extension's report of itself and
-determinism. The "cpu" backend runs here always, the "cuda" backend
-where a GPU is present."""
+direct call is a clear error), the extension's report of itself,
+determinism, and the CPU's two sigmoid passes (portable and AVX-512) over
+the whole float range. The "cpu" backend runs here always, the "cuda"
+backend where a GPU is present."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -55,6 +60,62 @@ def test_extension_reports_its_build():
     assert isinstance(_C.built_with_cuda(), bool)
     assert _C.cpu_kernel_isa()
     assert _C.cuda_archs() == "" or _C.built_with_cuda()
+
+
+# z over the range where σ, σ' and their float32 rounding change character: results
+# in the denormal range and below it (the exp's clamp at -104), saturation, ±inf,
+# NaN, ±0 and a denormal z; 1003 units, so rows end in a partial vector of 16.
+SIGMOID_SWEEP = """
+import sys, torch, fastcae
+z = torch.linspace(-112.0, 40.0, 64 * 1003).view(64, 1003).double()  # float32 values
+z[0, :8] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-42, -1e-42, -104.0])
+norms = torch.rand(1003, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+code, penalty = torch.ops.fastcae.activate_forward(z.float(), norms.float(), "sigmoid")
+torch.save((z, norms, code, penalty), sys.argv[1])
+"""
+
+
+def _sigmoid_sweep(path, **env) -> tuple[torch.Tensor, ...]:
+    subprocess.run([sys.executable, "-c", SIGMOID_SWEEP, str(path)], check=True, env={**os.environ, **env})
+    return torch.load(path)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
+@pytest.mark.parametrize("intrinsics", ["1", "0"])
+def test_cpu_sigmoid_forward_over_the_whole_float_range(tmp_path, intrinsics):
+    """h and p of the float32 sigmoid pass (FASTCAE_CPU_INTRINSICS=1: the AVX-512
+    pass where the CPU has it; 0: the portable loop) against float64: h within
+    2.5e-7 relative where σ is a normal float, within one denormal step below,
+    NaN kept to its row, exact 0 and 1 at the infinities."""
+    z, norms, code, penalty = _sigmoid_sweep(tmp_path / "sweep.pt", FASTCAE_CPU_INTRINSICS=intrinsics)
+    want = torch.sigmoid(z)
+    slope = want * torch.sigmoid(-z)
+    finite = ~torch.isnan(z)
+    error = (code.double() - want).abs()[finite]
+    normal = want[finite] >= torch.finfo(torch.float32).tiny
+    assert (error[normal] <= 2.5e-7 * want[finite][normal]).all()
+    assert (error[~normal] <= 2.0**-149).all()
+    assert torch.isnan(code[0, 0]) and code[0, 1] == 1 and code[0, 2] == 0
+    want_penalty = (slope.square() * norms).nan_to_num().sum(dim=1)
+    assert torch.isnan(penalty[0]) and torch.isfinite(penalty[1:]).all()
+    # σ'² underflows float32 in the rows of very negative z: there p is only near 0.
+    torch.testing.assert_close(penalty[1:].double(), want_penalty[1:], rtol=1e-6, atol=1e-35)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
+def test_cpu_sigmoid_passes_agree(tmp_path):
+    """The AVX-512 pass computes the portable loop's h bit for bit (same formulas
+    and polynomial; vscalefps rounds into the denormal range as the two-step
+    scaling does); p sums in another order."""
+    from fastcae import _C
+
+    if "intrinsics" not in _C.cpu_kernel_isa():
+        pytest.skip("this CPU runs only the portable sigmoid pass (no AVX-512)")
+    _, _, code, penalty = _sigmoid_sweep(tmp_path / "avx512.pt")
+    portable = _sigmoid_sweep(tmp_path / "portable.pt", FASTCAE_CPU_INTRINSICS="0")
+    _, _, portable_code, portable_penalty = portable
+    assert torch.equal(code.nan_to_num(), portable_code.nan_to_num())
+    torch.testing.assert_close(penalty, portable_penalty, rtol=1e-6, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize(("device", "backend"), TARGETS)

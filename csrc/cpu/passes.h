@@ -10,7 +10,9 @@
 //
 // N_j is ‖W_j‖² for the encode op. Loops are written for the auto-vectorizer
 // (branch-free math from cae_math.h, `omp simd` reductions) and compiled in
-// several ISA clones (cpu_kernels.h).
+// several ISA clones (cpu_kernels.h); the float32 sigmoid forward has an
+// AVX-512 intrinsics version (sigmoid_avx512.h) that activate_tile takes where
+// the CPU has it.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,10 +20,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cpu_kernels.h"
 #include "fastcae/cae_math.h"
 #include "fastcae/encode.h"
+#include "sigmoid_avx512.h"
 
 namespace fastcae {
 namespace {
@@ -50,6 +54,15 @@ FASTCAE_CPU_CLONES void activate_tile(const scalar_t* preact, scalar_t* code, co
                                       const acc_t* row_norms_sq, acc_t* group_penalties, int64_t batch,
                                       int64_t hidden, int64_t row_begin, int64_t row_end,
                                       int64_t first_group, int64_t last_group) {
+#ifdef FASTCAE_HAS_AVX512_SIGMOID
+  if constexpr (A == Activation::sigmoid && std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    if (use_avx512_sigmoid()) {
+      sigmoid_tile_avx512<kHasBias>(preact, code, bias, row_norms_sq, group_penalties, batch, hidden,
+                                    kPenaltyGroupColumns, row_begin, row_end, first_group, last_group);
+      return;
+    }
+  }
+#endif
   for (int64_t b = row_begin; b < row_end; ++b) {
     const scalar_t* preact_row = preact + b * hidden;
     scalar_t* code_row = code + b * hidden;

@@ -54,17 +54,26 @@ C10_ALWAYS_INLINE float float_from_bits(int32_t bits) {
 }
 #endif
 
+// The host float exp's constants, shared with the AVX-512 sigmoid pass
+// (csrc/cpu/sigmoid_avx512.h), which computes the same polynomial.
+namespace exp_float {
+// Below this exp(x) rounds to zero even as a denormal (exp(-104) < 2^-150).
+constexpr float kLowest = -104.0f;
+constexpr float kLog2e = 1.44269504088896341f;
+// ln 2 split in two so n·ln2 is subtracted without rounding error (Cody-Waite).
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+// Cephes expf minimax polynomial for exp(r) - 1 - r on [-ln2/2, ln2/2], highest power first.
+constexpr float kPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+}  // namespace exp_float
+
 // exp(x) for x <= 0 (NaN passes through).
 FASTCAE_INLINE float exp_nonpositive(float x) {
 #if defined(__CUDA_ARCH__)
   return ::expf(x);
 #else
-  // Below this exp(x) rounds to zero even as a denormal.
-  constexpr float kLowest = -104.0f;
-  constexpr float kLog2e = 1.44269504088896341f;
-  // ln 2 split in two so n·ln2 is subtracted without rounding error (Cody-Waite).
-  constexpr float kLn2Hi = 0.693359375f;
-  constexpr float kLn2Lo = -2.12194440e-4f;
+  using namespace exp_float;
   // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a
   // libm call (valid for |v| < 2^22; here |v| <= 151).
   constexpr float kRoundMagic = 12582912.0f;
@@ -72,13 +81,8 @@ FASTCAE_INLINE float exp_nonpositive(float x) {
   const float clamped = x < kLowest ? kLowest : x;  // NaN compares false and stays NaN
   float n = (clamped * kLog2e + kRoundMagic) - kRoundMagic;
   const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;  // r in [-ln2/2, ln2/2]
-  // Cephes expf minimax polynomial for exp(r) - 1 - r.
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
+  float poly = kPoly[0];
+  for (int i = 1; i < 6; ++i) poly = poly * r + kPoly[i];
   const float exp_r = poly * (r * r) + r + 1.0f;
   // 2^n for n in [-150, 0] as the normal 2^(n+64) times 2^-64: the first
   // product is exact and the second rounds once, so results in the denormal
