@@ -104,9 +104,10 @@ def test_cpu_sigmoid_forward_over_the_whole_float_range(tmp_path, intrinsics):
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
 def test_cpu_sigmoid_passes_agree(tmp_path):
-    """The AVX-512 pass computes the portable loop's h bit for bit (same formulas
-    and polynomial; vscalefps rounds into the denormal range as the two-step
-    scaling does); p sums in another order."""
+    """The AVX-512 pass computes the portable loop's h (same formulas and
+    polynomial; vscalefps rounds into the denormal range as the two-step scaling
+    does): bit for bit with GCC 12, held here to an ulp, since where a compiler
+    fuses the portable loop's multiply-adds may differ; p sums in another order."""
     from fastcae import _C
 
     if "intrinsics" not in _C.cpu_kernel_isa():
@@ -114,7 +115,7 @@ def test_cpu_sigmoid_passes_agree(tmp_path):
     _, _, code, penalty = _sigmoid_sweep(tmp_path / "avx512.pt")
     portable = _sigmoid_sweep(tmp_path / "portable.pt", FASTCAE_CPU_INTRINSICS="0")
     _, _, portable_code, portable_penalty = portable
-    assert torch.equal(code.nan_to_num(), portable_code.nan_to_num())
+    torch.testing.assert_close(code, portable_code, rtol=2**-23, atol=2**-149, equal_nan=True)
     torch.testing.assert_close(penalty, portable_penalty, rtol=1e-6, atol=0, equal_nan=True)
 
 
