@@ -94,9 +94,9 @@ def shift_heap(kib: int) -> Tensor | None:
     """Hold an untouched block of ``kib`` KiB from the heap (keep the returned tensor
     alive), so that everything allocated after it lands at other addresses.
 
-    A CPU training step's ratio to another depends on where its buffers land:
-    the conv step's paired ratio measured 1.08 to 1.25 over eight such shifts on
-    one VM, steady within each process (BENCHMARKS.md). Running a benchmark in
+    A CPU training step's ratio to another depends on where its buffers land: in
+    a process timing only the conv step pair, it measured 1.08 to 1.25 over eight
+    such shifts on one VM, steady within each process (BENCHMARKS.md). Running a benchmark in
     several processes, each shifted differently (across_heap_layouts), samples
     that spread instead of reporting one draw of it. Call after keep_freed_memory
     and before the problem is made. None for 0.

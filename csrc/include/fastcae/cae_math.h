@@ -64,7 +64,8 @@ constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2Hi = 0.693359375f;
 constexpr float kLn2Lo = -2.12194440e-4f;
 // Cephes expf minimax polynomial for exp(r) - 1 - r on [-ln2/2, ln2/2], highest power first.
-constexpr float kPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+constexpr int kPolyTerms = 6;
+constexpr float kPoly[kPolyTerms] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
                             4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 }  // namespace exp_float
 
@@ -82,7 +83,7 @@ FASTCAE_INLINE float exp_nonpositive(float x) {
   float n = (clamped * kLog2e + kRoundMagic) - kRoundMagic;
   const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;  // r in [-ln2/2, ln2/2]
   float poly = kPoly[0];
-  for (int i = 1; i < 6; ++i) poly = poly * r + kPoly[i];
+  for (int i = 1; i < kPolyTerms; ++i) poly = poly * r + kPoly[i];
   const float exp_r = poly * (r * r) + r + 1.0f;
   // 2^n for n in [-150, 0] as the normal 2^(n+64) times 2^-64: the first
   // product is exact and the second rounds once, so results in the denormal
