@@ -162,6 +162,8 @@ def check_reduction(reduction: object) -> str:
 
 def check_pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each ≥ minimum, as a pair (F.conv2d's convention)."""
+    if type(value) is int and value >= minimum:  # the common case, on every call of a conv layer
+        return value, value
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     if (
         not isinstance(pair, (tuple, list))

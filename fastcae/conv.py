@@ -9,12 +9,12 @@ land in the zero padding contribute nothing. So row u of the Jacobian
     p_b = ‖∂h_b/∂x_b‖²_F = Σ_u φ'(z_bu)² N_u,   N_u = Σ_{taps of u inside x} K_c²
 
 N depends only on K and the geometry: it is conv2d(1, K², same geometry) of
-one all-ones image, computed as one small product of Σ_{c'} K² with the
-geometry's tap mask (conv2d_unit_norms_sq), differentiable to K. The
+one all-ones image (the conv_norms op, fastcae/ops/conv_norms.py). The
 penalty is then the encode op's epilogue with per-unit norms N
 (fastcae/ops/activate.py) on z viewed as (B, C_out·H_out·W_out): the
 convolution runs through ATen (cuDNN, oneDNN) and autograd, the epilogue and
-its backward through the fused kernels.
+its backward through the fused kernels; on the CPU, N and dK too, inside the
+epilogue's autograd node.
 """
 
 from __future__ import annotations
@@ -25,110 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._constants import constant_tensors
 from ._precision import acc_dtype
 from ._validation import check_conv2d_args, check_reduction
 from .activations import ACTIVATIONS
 from .dispatch import resolve_backend
 from .functional import EncoderOutput, _autocast_dtype, _cast_for_autocast, _reduce
 from .ops import activate as activate_op
+from .ops import conv_norms
 
 Padding = int | tuple[int, int] | str
-
-
-def _inside_taps(
-    input_size: int, output_size: int, kernel: int, stride: int, dilation: int, pad_before: int, device
-) -> Tensor:
-    """M (output_size, kernel): 1 where tap k of output position i lands inside the input
-    (0 ≤ i·stride − pad_before + k·dilation < input_size), else 0."""
-    position = torch.arange(output_size, device=device)[:, None] * stride - pad_before
-    source = position + torch.arange(kernel, device=device)[None, :] * dilation
-    return (source >= 0) & (source < input_size)
-
-
-# Above this many entries (kH·kW·H_out·W_out) a geometry's tap mask is not formed
-# and N comes from its row and column masks (two products instead of one).
-MAX_TAP_MASK_ENTRIES = 1 << 22
-
-
-@constant_tensors
-def _tap_masks(
-    input_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int] | str,
-    dilation: tuple[int, int],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The masks of one geometry, in ``dtype``: rows M_h (H_out, kH), columns M_w (W_out, kW),
-    and T (kH·kW, H_out·W_out), T[(k, l), (i, j)] = M_h[i, k] M_w[j, l], or None where it
-    would have more than MAX_TAP_MASK_ENTRIES entries. Made once per geometry: about
-    20 small ops, ~200 µs of a CPU forward."""
-    masks = []
-    for size, kernel, step, pad, dilate in zip(
-        input_hw, kernel_hw, stride, _pads(padding, kernel_hw, dilation), dilation, strict=True
-    ):
-        extent = dilate * (kernel - 1) + 1
-        out = size if padding == "same" else (size + 2 * pad - extent) // step + 1
-        masks.append(_inside_taps(size, out, kernel, step, dilate, pad, device).to(dtype))
-    rows, cols = masks
-    taps = None
-    if rows.numel() * cols.numel() <= MAX_TAP_MASK_ENTRIES:
-        taps = (rows.t()[:, None, :, None] * cols.t()[None, :, None, :]).flatten(2).flatten(0, 1)
-    return rows, cols, taps
-
-
-def _pads(
-    padding: tuple[int, int] | str, kernel_hw: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[int, int]:
-    """The zeros before the input on each axis; F.conv2d puts the odd pixel of "same" after it."""
-    if padding == "valid":
-        return (0, 0)
-    if padding == "same":
-        return tuple((d * (k - 1)) // 2 for k, d in zip(kernel_hw, dilation, strict=True))
-    return padding
-
-
-def conv2d_unit_norms_sq(
-    weight: Tensor,
-    input_size: tuple[int, int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int] | str,
-    dilation: tuple[int, int],
-    groups: int,
-    *,
-    channels_last: bool = False,
-) -> Tensor:
-    """N (C_out, H_out, W_out): the squared norm of each output unit's row of ∂z/∂x.
-
-    N_cij = Σ_{c', k, l} K[c, c', k, l]² · [tap (k, l) of (i, j) lands inside x],
-    which is conv2d(1, K², same geometry) of an all-ones image. With
-    S = Σ_{c'} K² (C_out, kH·kW) (the groups only select which input channels a
-    kernel has, and S sums them) and the geometry's 0/1 tap mask
-    T (kH·kW, H_out·W_out), that is one small product,
-
-        N = S T   (or Nᵀ = Tᵀ Sᵀ, channels-last),
-
-    and where T would be large, since a tap lands inside when it does so in
-    both its row and its column, N_c = M_h S_c M_wᵀ with the row and column
-    masks M_h (H_out, kH), M_w (W_out, kW). In the accumulation dtype,
-    differentiable with respect to ``weight``; with ``channels_last`` its
-    memory is in that order, (H_out, W_out, C_out), on either path.
-    """
-    compute = acc_dtype(weight.dtype)
-    kernel_hw = tuple(weight.shape[2:])
-    rows, cols, taps = _tap_masks(
-        tuple(input_size[1:]), kernel_hw, stride, padding, dilation, compute, weight.device
-    )
-    tap_norms = weight.to(compute).square().sum(dim=1)  # S (C_out, kH, kW)
-    out_channels, out_hw = weight.shape[0], (rows.shape[0], cols.shape[0])
-    if taps is None:
-        norms = rows @ (tap_norms @ cols.t())  # (H_out, kH) @ (C_out, kH, W_out)
-        return norms.permute(1, 2, 0).contiguous().permute(2, 0, 1) if channels_last else norms
-    if channels_last:
-        return (taps.t() @ tap_norms.view(out_channels, -1).t()).view(*out_hw, out_channels).permute(2, 0, 1)
-    return (tap_norms.view(out_channels, -1) @ taps).view(out_channels, *out_hw)
 
 
 def _is_channels_last(preact: Tensor) -> bool:
@@ -218,14 +123,18 @@ def encode_conv2d(
             return EncoderOutput(*_encode_conv2d_naive(x, weight, bias, geometry, activation))
         preact = F.conv2d(x, weight, bias, *geometry)
         channels_last = _is_channels_last(preact)
-        input_size = tuple(x.shape[1:])
-        unit_norms_sq = conv2d_unit_norms_sq(weight, input_size, *geometry, channels_last=channels_last)
-        # N (U,) in z's memory order: a view, as conv2d_unit_norms_sq laid it out so.
-        flat_norms = (unit_norms_sq.permute(1, 2, 0) if channels_last else unit_norms_sq).reshape(-1)
+        stride, padding, dilation, _groups = geometry
+        norms_geometry = conv_norms.ConvGeometry(
+            tuple(x.shape[2:]), tuple(preact.shape[2:]), stride,
+            conv_norms.pads_before(padding, tuple(weight.shape[2:]), dilation), dilation,
+        )  # fmt: skip
         if name == "cpu" and activate_op.writes_in_place(preact, channels_last):
             # z is this call's own: h goes over it, as an in-place activation would.
-            code, penalty = activate_op.activate_in_place(preact, flat_norms, activation, channels_last)
-            return EncoderOutput(code, penalty)
+            epilogue = conv_norms.conv2d_epilogue_in_place
+            return EncoderOutput(*epilogue(preact, weight, norms_geometry, activation, channels_last))
+        # N (U,) in z's memory order.
+        norms = conv_norms.conv2d_unit_norms_sq(weight, norms_geometry, channels_last=channels_last)
+        flat_norms = conv_norms.flat_units(norms, channels_last)
         flat_preact = activate_op.units_view(preact, channels_last)
         flat_code, penalty = activate_op.IMPLEMENTATIONS[name](flat_preact, flat_norms, activation)
     return EncoderOutput(activate_op.from_units(flat_code, preact, channels_last), penalty)

@@ -16,11 +16,15 @@ from helpers import DEVICES, assert_close, available_backends, skip_unless_suppo
 import fastcae
 from fastcae._environment import triton_interpreter_enabled as interpreter_enabled
 from fastcae.activations import ACTIVATION_NAMES, ACTIVATIONS
-from fastcae.ops import activate
+from fastcae.ops import activate, conv_norms
+from fastcae.ops.conv_norms import ConvGeometry
 
 TARGETS = [(device, backend) for device in DEVICES for backend in available_backends(device)]
 FAST_TARGETS = [(d, b) for d, b in TARGETS if b not in ("torch", "naive")]
 FAST_IDS = [f"{d}-{b}" for d, b in FAST_TARGETS]
+needs_extension = pytest.mark.skipif(
+    "cpu" not in available_backends("cpu"), reason="the C++ extension is not built"
+)
 
 
 def random_geometry(seed: int) -> dict:
@@ -250,9 +254,11 @@ def test_channels_last_input(device, backend):
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the C++ extension is not built")
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_cpu_epilogue_over_the_convolution_output_matches_a_new_buffer(channels_last):
-    """The "cpu" backend writes h over the convolution's own output (activate_in_place):
-    the same values and gradients, bit for bit, as the out-of-place kernel; an in-place
-    change to h afterwards is caught by autograd rather than corrupting the gradient."""
+    """The "cpu" backend writes h over the convolution's own output, with N and dK from
+    the conv_norms kernels (conv2d_epilogue_in_place): the same values and gradients as
+    the out-of-place kernel with N in ATen ops (which round N's sums in another order);
+    an in-place change to h afterwards is caught by autograd rather than corrupting the
+    gradient."""
     conv = {"stride": 2, "padding": 1}
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(5, 3, 9, 7, generator=gen)
@@ -269,40 +275,127 @@ def test_cpu_epilogue_over_the_convolution_output_matches_a_new_buffer(channels_
             grads = torch.autograd.grad((code.sin().sum() + penalty.sum()), (weight, bias))
             outputs[in_place] = (code, penalty, *grads)
     for got, want in zip(outputs[True], outputs[False], strict=True):
-        assert torch.equal(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     code, penalty = fastcae.encode_conv2d(x, weight, bias, backend="cpu", **conv)
     code.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (code.sum() + penalty.sum()).backward()
 
 
-def test_unit_norms_count_only_the_taps_inside_the_image():
-    # 1 channel, 3×3 kernel of ones, padding 1 on a 3×3 image: corners see 4 taps,
-    # edges 6, the center 9.
-    weight = torch.ones(1, 1, 3, 3, dtype=torch.float64)
-    norms = fastcae.conv.conv2d_unit_norms_sq(weight, (1, 3, 3), (1, 1), (1, 1), (1, 1), 1)
-    assert norms[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("seed", range(40))
-def test_unit_norms_equal_a_convolution_of_ones(seed, channels_last):
-    """conv2d_unit_norms_sq's product with the tap mask against its definition, conv2d(1, K²)."""
-    geometry = random_geometry(900 + seed)
-    _, weight, _ = make_conv_inputs(geometry, seed=seed)
-    conv = geometry["conv"]
-    input_size = (geometry["in_channels"], *geometry["size"])
-    ones = torch.ones((1, *input_size), dtype=torch.float64)
-    expected = F.conv2d(ones, weight.square(), None, **conv)[0]
+def _norms_geometry(geometry: dict) -> ConvGeometry:
+    conv, size = geometry["conv"], geometry["size"]
     padding = conv["padding"]
     if isinstance(padding, int):
         padding = (padding, padding)
-    got = fastcae.conv.conv2d_unit_norms_sq(
-        weight, input_size, conv["stride"], padding, conv["dilation"], conv["groups"],
-        channels_last=channels_last,
-    )  # fmt: skip
+    pairs = {key: (v, v) if isinstance(v, int) else tuple(v) for key, v in conv.items()}
+    ones = torch.ones(1, geometry["in_channels"], *size)
+    kernel = torch.zeros(1, geometry["in_channels"] // conv["groups"], *geometry["kernel"])
+    output_hw = tuple(F.conv2d(ones, kernel.repeat(conv["groups"], 1, 1, 1), **conv).shape[2:])
+    pads = conv_norms.pads_before(padding, geometry["kernel"], pairs["dilation"])
+    return ConvGeometry(size, output_hw, pairs["stride"], pads, pairs["dilation"])
+
+
+def _norms_by(form: str, weight: torch.Tensor, geometry: ConvGeometry, channels_last: bool) -> torch.Tensor:
+    """N (C, H, W) by the ATen ops or the C++ kernel (flat in z's memory order, unflattened here)."""
+    if form == "aten":
+        return conv_norms.conv2d_unit_norms_sq(weight, geometry, channels_last=channels_last)
+    flat = torch.ops.fastcae.conv2d_unit_norms_sq(weight, *geometry, channels_last)
+    out_hw = geometry.output_hw
+    if channels_last:
+        return flat.view(*out_hw, weight.shape[0]).permute(2, 0, 1)
+    return flat.view(weight.shape[0], *out_hw)
+
+
+NORMS_FORMS = ["aten", pytest.param("cpp", marks=needs_extension)]
+
+
+@pytest.mark.parametrize("form", NORMS_FORMS)
+def test_unit_norms_count_only_the_taps_inside_the_image(form):
+    # 1 channel, 3×3 kernel of ones, padding 1 on a 3×3 image: corners see 4 taps,
+    # edges 6, the center 9.
+    weight = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    geometry = ConvGeometry((3, 3), (3, 3), (1, 1), (1, 1), (1, 1))
+    assert _norms_by(form, weight, geometry, False)[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+
+
+@pytest.mark.parametrize("form", NORMS_FORMS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("seed", range(40))
+def test_unit_norms_equal_a_convolution_of_ones(seed, channels_last, form):
+    """N by either form against its definition, conv2d(1, K²), and dK (the C++
+    backward kernel, autograd of the ATen ops) against autograd of that convolution."""
+    geometry = random_geometry(900 + seed)
+    _, weight, _ = make_conv_inputs(geometry, seed=seed)
+    weight.requires_grad_()
+    ones = torch.ones((1, geometry["in_channels"], *geometry["size"]), dtype=torch.float64)
+    expected = F.conv2d(ones, weight.square(), None, **geometry["conv"])[0]
+    norms_geometry = _norms_geometry(geometry)
+    got = _norms_by(form, weight, norms_geometry, channels_last)
     torch.testing.assert_close(got, expected)
     assert got.permute(1, 2, 0).is_contiguous() if channels_last else got.is_contiguous()
+    gen = torch.Generator().manual_seed(seed)
+    grad_norms = torch.randn(expected.shape, dtype=torch.float64, generator=gen)
+    (want,) = torch.autograd.grad(expected, weight, grad_norms)
+    if form == "aten":
+        (grad_weight,) = torch.autograd.grad(got, weight, grad_norms)
+    else:
+        flat_grad = (grad_norms.permute(1, 2, 0) if channels_last else grad_norms).reshape(-1)
+        grad_weight = torch.ops.fastcae.conv2d_unit_norms_sq_backward(
+            flat_grad, weight.detach(), *norms_geometry, channels_last
+        )
+    torch.testing.assert_close(grad_weight, want)
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_unit_norms_kernel_in_low_precision_accumulates_in_float32(dtype):
+    geometry = random_geometry(77)
+    _, weight, _ = make_conv_inputs(geometry, seed=7)
+    norms_geometry = _norms_geometry(geometry)
+    low = weight.to(dtype)
+    got = torch.ops.fastcae.conv2d_unit_norms_sq(low, *norms_geometry, False)
+    assert got.dtype == torch.float32
+    want = conv_norms.conv2d_unit_norms_sq(low.double(), norms_geometry).reshape(-1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    grad_norms = torch.rand(got.shape)
+    grad_weight = torch.ops.fastcae.conv2d_unit_norms_sq_backward(grad_norms, low, *norms_geometry, False)
+    assert grad_weight.dtype == dtype
+    wide = low.double().requires_grad_()
+    wide_norms = conv_norms.conv2d_unit_norms_sq(wide, norms_geometry).reshape(-1)
+    (want,) = torch.autograd.grad(wide_norms, wide, grad_norms.double())
+    # One rounding to dtype at the end (the sums are float32).
+    tolerance = {torch.float32: 1e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(grad_weight.double(), want, rtol=tolerance, atol=tolerance)
+
+
+@needs_extension
+def test_opcheck_unit_norms_ops():
+    geometry = random_geometry(31)
+    _, weight, _ = make_conv_inputs(geometry, seed=3)
+    norms_geometry = _norms_geometry(geometry)
+    for channels_last in (False, True):
+        args = (weight, *norms_geometry, channels_last)
+        torch.library.opcheck(torch.ops.fastcae.conv2d_unit_norms_sq.default, args)
+        grad = torch.rand(torch.ops.fastcae.conv2d_unit_norms_sq(*args).shape, dtype=torch.float64)
+        torch.library.opcheck(torch.ops.fastcae.conv2d_unit_norms_sq_backward.default, (grad, *args))
+
+
+@needs_extension
+def test_unit_norms_kernel_rejects_bad_arguments():
+    weight = torch.rand(2, 1, 3, 3)
+    with pytest.raises(ValueError, match="weight must be 4-D"):
+        torch.ops.fastcae.conv2d_unit_norms_sq(weight[0], (5, 5), (3, 3), (1, 1), (0, 0), (1, 1), False)
+    with pytest.raises(ValueError, match="stride must be two integers >= 1"):
+        torch.ops.fastcae.conv2d_unit_norms_sq(weight, (5, 5), (3, 3), (0, 1), (0, 0), (1, 1), False)
+    with pytest.raises(ValueError, match="grad_unit_norms_sq must have shape"):
+        torch.ops.fastcae.conv2d_unit_norms_sq_backward(
+            torch.rand(5), weight, (5, 5), (3, 3), (1, 1), (0, 0), (1, 1), False
+        )
+    norms = torch.ops.fastcae.conv2d_unit_norms_sq(
+        weight.requires_grad_(), (5, 5), (3, 3), (1, 1), (0, 0), (1, 1), False
+    )
+    with pytest.raises(RuntimeError, match="not implemented"):  # a kernel, not a differentiable op
+        norms.sum().backward()
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -310,11 +403,11 @@ def test_unit_norms_of_a_geometry_too_large_for_its_tap_mask(channels_last):
     # 7×7 taps × 300×300 outputs: more entries than MAX_TAP_MASK_ENTRIES, so N
     # comes from the row and column masks.
     weight = torch.randn(2, 3, 7, 7, dtype=torch.float64)
-    geometry = ((1, 1), (3, 3), (1, 1))
-    _, _, taps = fastcae.conv._tap_masks((300, 300), (7, 7), *geometry, torch.float64, torch.device("cpu"))
+    geometry = ConvGeometry((300, 300), (300, 300), (1, 1), (3, 3), (1, 1))
+    _, _, taps = conv_norms.tap_masks(geometry, (7, 7), torch.float64, torch.device("cpu"))
     assert taps is None
     expected = F.conv2d(torch.ones(1, 3, 300, 300, dtype=torch.float64), weight.square(), padding=3)[0]
-    got = fastcae.conv.conv2d_unit_norms_sq(weight, (3, 300, 300), *geometry, 1, channels_last=channels_last)
+    got = conv_norms.conv2d_unit_norms_sq(weight, geometry, channels_last=channels_last)
     torch.testing.assert_close(got, expected)
     assert got.permute(1, 2, 0).is_contiguous() if channels_last else got.is_contiguous()
 

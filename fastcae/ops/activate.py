@@ -218,7 +218,7 @@ def fused(kernels: str) -> ActivateFn:
     return AUTOGRAD.op(KERNELS[kernels], kernels, "activate")
 
 
-# --- In place on the CPU -------------------------------------------------------------------
+# --- The (B, U) views of z, and when h can go over z (CPU) ------------------------------
 
 
 def units_view(t: Tensor, channels_last: bool) -> Tensor:
@@ -238,38 +238,9 @@ def from_units(flat: Tensor, like: Tensor, channels_last: bool) -> Tensor:
     return flat.view(like.shape)
 
 
-class ActivateInPlace(torch.autograd.Function):
-    """(z (B, …), N (U,) in z's memory order, activation, channels_last) -> (h, p) with h
-    written over z, which the caller owns: the CPU kernel without a new output buffer
-    (a fresh one of a few MiB page-faults on every call: csrc/include/fastcae/activate.h).
-    Eager calls only; the backward is the op's (fused, or the closed form for a graph)."""
-
-    @staticmethod
-    def forward(ctx, preact: Tensor, unit_norms_sq: Tensor, activation: str, channels_last: bool):
-        flat_preact = units_view(preact, channels_last)
-        penalty = torch.ops.fastcae.activate_forward_(flat_preact, unit_norms_sq, activation)
-        ctx.mark_dirty(preact)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(preact, unit_norms_sq)
-        ctx.activation, ctx.channels_last = activation, channels_last
-        return preact, penalty
-
-    @staticmethod
-    def backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None):
-        code, unit_norms_sq = ctx.saved_tensors
-        layout = ctx.channels_last
-        flat_grad_code = None if grad_code is None else units_view(grad_code, layout)
-        mask = tuple(ctx.needs_input_grad[:2])
-        grad_preact, grad_norms = _grads(
-            mask, flat_grad_code, grad_penalty, units_view(code, layout), unit_norms_sq, ctx.activation, "cpp"
-        )
-        if grad_preact is not None:
-            grad_preact = from_units(grad_preact, code, layout)
-        return grad_preact, grad_norms, None, None
-
-
 def writes_in_place(preact: Tensor, channels_last: bool) -> bool:
-    """Whether :func:`activate_in_place` can write h over ``preact``: a CPU tensor whose
+    """Whether the CPU kernel ``activate_forward_`` can write h over ``preact`` (the
+    convolutional layer's epilogue, fastcae/ops/conv_norms.py): a CPU tensor whose
     (B, U) view in memory order is a view (contiguous, or channels-last as flagged), in
     eager mode with no forward-mode AD, with the C++ extension built."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -281,14 +252,6 @@ def writes_in_place(preact: Tensor, channels_last: bool) -> bool:
         and not traced()
         and torch.autograd.forward_ad._current_level < 0
     )
-
-
-def activate_in_place(
-    preact: Tensor, unit_norms_sq: Tensor, activation: str, channels_last: bool
-) -> ActivateOutputs:
-    """The "cpu" backend's activate op with h written over z (B, …) (see writes_in_place):
-    (h, the same tensor as z, and p (B,)); N (U,) in z's memory order."""
-    return ActivateInPlace.apply(preact, unit_norms_sq, activation, channels_last)
 
 
 # Every backend's activate op, by backend name. "naive" has no epilogue of its

@@ -1,0 +1,48 @@
+// The conv_norms op's front end: its schemas, argument checks and the kernel
+// that serves each device (the CPU only: csrc/cpu/conv_norms_cpu.cpp). The
+// contract is in fastcae/conv_norms.h; the fake kernels and the autograd are
+// registered from Python (fastcae/ops/conv_epilogue.py).
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
+
+#include "fastcae/conv_norms.h"
+
+namespace fastcae {
+
+void check_conv_norms_args(const at::Tensor& weight, at::IntArrayRef input_hw, at::IntArrayRef output_hw,
+                           at::IntArrayRef stride, at::IntArrayRef pad_before, at::IntArrayRef dilation) {
+  TORCH_CHECK_VALUE(weight.dim() == 4, "fastcae: weight must be 4-D (out_channels, in_channels / groups, "
+                    "kernel_height, kernel_width), got shape ", weight.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), "fastcae: weight must be floating point, got ",
+                   weight.scalar_type());
+  for (const auto& [name, pair, minimum] :
+       {std::tuple<const char*, at::IntArrayRef, int64_t>{"input_hw", input_hw, 0},
+        {"output_hw", output_hw, 0}, {"stride", stride, 1}, {"pad_before", pad_before, 0},
+        {"dilation", dilation, 1}}) {
+    TORCH_CHECK_VALUE(pair.size() == 2 && pair[0] >= minimum && pair[1] >= minimum, "fastcae: ", name,
+                      " must be two integers >= ", minimum, ", got ", pair);
+  }
+}
+
+TORCH_LIBRARY_FRAGMENT(fastcae, m) {
+  m.def(
+      "conv2d_unit_norms_sq(Tensor weight, int[2] input_hw, int[2] output_hw, int[2] stride, "
+      "int[2] pad_before, int[2] dilation, bool channels_last) -> Tensor");
+  m.def(
+      "conv2d_unit_norms_sq_backward(Tensor grad_unit_norms_sq, Tensor weight, int[2] input_hw, "
+      "int[2] output_hw, int[2] stride, int[2] pad_before, int[2] dilation, bool channels_last) -> Tensor");
+}
+
+// Kernels, not differentiable ops (see csrc/encode.cpp).
+TORCH_LIBRARY_IMPL(fastcae, Autograd, m) {
+  m.impl("conv2d_unit_norms_sq", torch::autograd::autogradNotImplementedFallback());
+  m.impl("conv2d_unit_norms_sq_backward", torch::autograd::autogradNotImplementedFallback());
+}
+
+TORCH_LIBRARY_IMPL(fastcae, CPU, m) {
+  m.impl("conv2d_unit_norms_sq", &conv2d_unit_norms_sq_cpu);
+  m.impl("conv2d_unit_norms_sq_backward", &conv2d_unit_norms_sq_backward_cpu);
+}
+
+}  // namespace fastcae

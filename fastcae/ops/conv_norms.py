@@ -1,0 +1,207 @@
+"""The conv_norms op: N, the squared norm of each output unit's row of a convolution's
+Jacobian ∂z/∂x, from the kernel K alone, and the convolutional layer's CPU epilogue
+with N and its gradient inside one autograd node.
+
+For z = conv2d(x, K, ...), unit (c, i, j) reads the input through the taps (k, l)
+of K_c that land inside x (0 ≤ i·s_h − p_h + k·d_h < H_in, the same in width;
+one distinct input pixel per tap), so
+
+    N_cij = Σ_{c', k, l} K[c, c', k, l]² · [tap (k, l) of (i, j) lands inside x],
+    ∂N_cij/∂K[c, c', k, l] = 2 K[c, c', k, l] · [the same],
+
+which is conv2d(1, K², same geometry) of one all-ones image. Two forms:
+
+- :func:`conv2d_unit_norms_sq`: ATen ops, every device, differentiable
+  (autograd gives dK): one small product of S = Σ_{c'} K² with the
+  geometry's 0/1 tap mask;
+- the kernel ops ``fastcae::conv2d_unit_norms_sq`` / ``_backward`` (C++, CPU:
+  csrc/cpu/conv_norms_cpu.cpp), which :func:`conv2d_epilogue_in_place` runs
+  with the activate op's in-place kernel under one autograd.Function. In a CPU
+  training step every small ATen op and autograd node costs several
+  microseconds; N's five ops and their backward measured ~0.06 of a first-layer
+  conv autoencoder step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._constants import constant_tensors
+from .._precision import acc_dtype
+from . import loading
+from .activate import from_units, units_view
+from .fused import graph_needed
+from .reference import activate_backward_closed_form
+
+
+class ConvGeometry(NamedTuple):
+    """One convolution's geometry, each a (height, width) pair; ``pad_before`` is the
+    zeros before the input on each axis (F.conv2d puts the odd pixel of "same" after it)."""
+
+    input_hw: tuple[int, int]
+    output_hw: tuple[int, int]
+    stride: tuple[int, int]
+    pad_before: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+def pads_before(
+    padding: tuple[int, int] | str, kernel_hw: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int]:
+    """The zeros before the input on each axis for F.conv2d's ``padding``."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        return tuple((d * (k - 1)) // 2 for k, d in zip(kernel_hw, dilation, strict=True))
+    return padding
+
+
+def _inside_taps(
+    input_size: int, output_size: int, kernel: int, stride: int, dilation: int, pad_before: int, device
+) -> Tensor:
+    """M (output_size, kernel): 1 where tap k of output position i lands inside the input
+    (0 ≤ i·stride − pad_before + k·dilation < input_size), else 0."""
+    position = torch.arange(output_size, device=device)[:, None] * stride - pad_before
+    source = position + torch.arange(kernel, device=device)[None, :] * dilation
+    return (source >= 0) & (source < input_size)
+
+
+# Above this many entries (kH·kW·H_out·W_out) a geometry's tap mask is not formed
+# and N comes from its row and column masks (two products instead of one).
+MAX_TAP_MASK_ENTRIES = 1 << 22
+
+
+@constant_tensors
+def tap_masks(
+    geometry: ConvGeometry, kernel_hw: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The masks of one geometry, in ``dtype``: rows M_h (H_out, kH), columns M_w (W_out, kW),
+    and T (kH·kW, H_out·W_out), T[(k, l), (i, j)] = M_h[i, k] M_w[j, l], or None where it
+    would have more than MAX_TAP_MASK_ENTRIES entries. Made once per geometry: about
+    20 small ops, ~200 µs of a CPU forward."""
+    rows, cols = (
+        _inside_taps(size, out, kernel, step, dilate, pad, device).to(dtype)
+        for size, out, kernel, step, pad, dilate in zip(
+            geometry.input_hw, geometry.output_hw, kernel_hw, geometry.stride, geometry.pad_before,
+            geometry.dilation, strict=True,
+        )
+    )  # fmt: skip
+    taps = None
+    if rows.numel() * cols.numel() <= MAX_TAP_MASK_ENTRIES:
+        taps = (rows.t()[:, None, :, None] * cols.t()[None, :, None, :]).flatten(2).flatten(0, 1)
+    return rows, cols, taps
+
+
+def conv2d_unit_norms_sq(weight: Tensor, geometry: ConvGeometry, *, channels_last: bool = False) -> Tensor:
+    """N (C_out, H_out, W_out) in ATen ops: the squared norm of each output unit's row of ∂z/∂x.
+
+    With S = Σ_{c'} K² (C_out, kH·kW) (the groups only select which input
+    channels a kernel has, and S sums them) and the geometry's tap mask
+    T (kH·kW, H_out·W_out), one small product,
+
+        N = S T   (or Nᵀ = Tᵀ Sᵀ, channels-last),
+
+    and where T would be large, since a tap lands inside when it does so in
+    both its row and its column, N_c = M_h S_c M_wᵀ with the row and column
+    masks M_h (H_out, kH), M_w (W_out, kW). In the accumulation dtype,
+    differentiable with respect to ``weight``; with ``channels_last`` its
+    memory is in that order, (H_out, W_out, C_out), on either path.
+    """
+    compute = acc_dtype(weight.dtype)
+    rows, cols, taps = tap_masks(geometry, tuple(weight.shape[2:]), compute, weight.device)
+    tap_norms = weight.to(compute).square().sum(dim=1)  # S (C_out, kH, kW)
+    out_channels, out_hw = weight.shape[0], geometry.output_hw
+    if taps is None:
+        norms = rows @ (tap_norms @ cols.t())  # (H_out, kH) @ (C_out, kH, W_out)
+        return norms.permute(1, 2, 0).contiguous().permute(2, 0, 1) if channels_last else norms
+    if channels_last:
+        return (taps.t() @ tap_norms.view(out_channels, -1).t()).view(*out_hw, out_channels).permute(2, 0, 1)
+    return (tap_norms.view(out_channels, -1) @ taps).view(out_channels, *out_hw)
+
+
+def flat_units(norms: Tensor, channels_last: bool) -> Tensor:
+    """N (C, H, W) as (U,) in z's memory order: a view, as conv2d_unit_norms_sq lays it out."""
+    return (norms.permute(1, 2, 0) if channels_last else norms).reshape(-1)
+
+
+if loading.extension() is not None:
+
+    @torch.library.register_fake("fastcae::conv2d_unit_norms_sq")
+    def _(weight, input_hw, output_hw, stride, pad_before, dilation, channels_last):
+        units = weight.shape[0] * output_hw[0] * output_hw[1]
+        return weight.new_empty((units,), dtype=acc_dtype(weight.dtype))
+
+    @torch.library.register_fake("fastcae::conv2d_unit_norms_sq_backward")
+    def _(grad_unit_norms_sq, weight, input_hw, output_hw, stride, pad_before, dilation, channels_last):
+        return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+class Conv2dEpilogueInPlace(torch.autograd.Function):
+    """(z (B, C, H, W), K, geometry, activation, channels_last) -> (h, p) with h written over
+    z, which the caller owns, and N made from K inside: the CPU kernels of the conv_norms
+    and activate ops (``activate_forward_``: a fresh output of a few MiB page-faults
+    on every call, csrc/include/fastcae/activate.h). Eager calls only.
+
+    Backward: dz and dN from the fused kernel, dK = 2 K ⊙ dS from dN by the
+    conv_norms backward kernel; where a graph of the gradient is needed, the
+    closed form with N in ATen ops, differentiated by autograd.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, preact: Tensor, weight: Tensor, geometry: ConvGeometry, activation: str, channels_last: bool
+    ):
+        unit_norms_sq = torch.ops.fastcae.conv2d_unit_norms_sq.default(weight, *geometry, channels_last)
+        flat_preact = units_view(preact, channels_last)
+        penalty = torch.ops.fastcae.activate_forward_.default(flat_preact, unit_norms_sq, activation)
+        ctx.mark_dirty(preact)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(preact, unit_norms_sq, weight)
+        ctx.geometry, ctx.activation, ctx.channels_last = geometry, activation, channels_last
+        return preact, penalty
+
+    @staticmethod
+    def backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None):
+        code, unit_norms_sq, weight = ctx.saved_tensors
+        layout = ctx.channels_last
+        # Without a penalty gradient, N (and so K through it) receives none.
+        need_preact = ctx.needs_input_grad[0]
+        need_weight = ctx.needs_input_grad[1] and grad_penalty is not None
+        if (grad_code is None and grad_penalty is None) or not (need_preact or need_weight):
+            return None, None, None, None, None
+        flat_grad_code = None if grad_code is None else units_view(grad_code, layout)
+        flat_code = units_view(code, layout)
+        if graph_needed(grad_code, grad_penalty, code, weight):
+            with torch.enable_grad():
+                norms = flat_units(conv2d_unit_norms_sq(weight, ctx.geometry, channels_last=layout), layout)
+                grad_preact, grad_norms = activate_backward_closed_form(
+                    flat_grad_code, grad_penalty, flat_code, norms, ctx.activation, (need_preact, need_weight)
+                )
+                grad_weight = None
+                if need_weight:
+                    (grad_weight,) = torch.autograd.grad(norms, weight, grad_norms, create_graph=True)
+        else:
+            grad_preact, grad_norms = torch.ops.fastcae.activate_backward.default(
+                flat_grad_code, grad_penalty, flat_code, unit_norms_sq, ctx.activation,
+                [need_preact, need_weight],
+            )  # fmt: skip
+            grad_weight = None
+            if need_weight:
+                grad_weight = torch.ops.fastcae.conv2d_unit_norms_sq_backward.default(
+                    grad_norms, weight, *ctx.geometry, layout
+                )
+        if grad_preact is not None:
+            grad_preact = from_units(grad_preact, code, layout)
+        return grad_preact, grad_weight, None, None, None
+
+
+def conv2d_epilogue_in_place(
+    preact: Tensor, weight: Tensor, geometry: ConvGeometry, activation: str, channels_last: bool
+) -> tuple[Tensor, Tensor]:
+    """The "cpu" backend's epilogue of the convolutional layer on z = conv2d(x, K, ...)
+    (see activate.writes_in_place): (h, the same tensor as z, and p (B,)), differentiable
+    with respect to z and K (through N)."""
+    return Conv2dEpilogueInPlace.apply(preact, weight, geometry, activation, channels_last)
