@@ -124,10 +124,7 @@ def encode_conv2d(
         preact = F.conv2d(x, weight, bias, *geometry)
         channels_last = _is_channels_last(preact)
         stride, padding, dilation, _groups = geometry
-        norms_geometry = conv_norms.ConvGeometry(
-            tuple(x.shape[2:]), tuple(preact.shape[2:]), stride,
-            conv_norms.pads_before(padding, tuple(weight.shape[2:]), dilation), dilation,
-        )  # fmt: skip
+        norms_geometry = conv_norms.conv_geometry(x.shape[2:], weight.shape[2:], stride, padding, dilation)
         if name == "cpu" and activate_op.writes_in_place(preact, channels_last):
             # z is this call's own: h goes over it, as an in-place activation would.
             epilogue = conv_norms.conv2d_epilogue_in_place

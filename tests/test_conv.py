@@ -283,27 +283,48 @@ def test_cpu_epilogue_over_the_convolution_output_matches_a_new_buffer(channels_
 
 
 def _norms_geometry(geometry: dict) -> ConvGeometry:
+    """conv_geometry of a random layer, its output size checked against F.conv2d's."""
     conv, size = geometry["conv"], geometry["size"]
-    padding = conv["padding"]
-    if isinstance(padding, int):
-        padding = (padding, padding)
-    pairs = {key: (v, v) if isinstance(v, int) else tuple(v) for key, v in conv.items()}
+    pairs = {key: (v, v) if isinstance(v, int) else v for key, v in conv.items()}
     ones = torch.ones(1, geometry["in_channels"], *size)
-    kernel = torch.zeros(1, geometry["in_channels"] // conv["groups"], *geometry["kernel"])
-    output_hw = tuple(F.conv2d(ones, kernel.repeat(conv["groups"], 1, 1, 1), **conv).shape[2:])
-    pads = conv_norms.pads_before(padding, geometry["kernel"], pairs["dilation"])
-    return ConvGeometry(size, output_hw, pairs["stride"], pads, pairs["dilation"])
+    kernel = torch.zeros(
+        geometry["out_channels"], geometry["in_channels"] // conv["groups"], *geometry["kernel"]
+    )
+    norms_geometry = conv_norms.conv_geometry(
+        size, geometry["kernel"], pairs["stride"], pairs["padding"], pairs["dilation"]
+    )
+    assert norms_geometry.output_hw == tuple(F.conv2d(ones, kernel, **conv).shape[2:])
+    return norms_geometry
+
+
+def _layer_output(
+    weight: torch.Tensor, geometry: ConvGeometry, channels_last: bool, fill=None
+) -> torch.Tensor:
+    """A (1, C_out, H_out, W_out) tensor in the layer's layout: zeros, or ``fill``'s values."""
+    out = torch.zeros(1, weight.shape[0], *geometry.output_hw, dtype=weight.dtype)
+    if fill is not None:
+        out.copy_(fill)
+    return out.to(memory_format=torch.channels_last) if channels_last else out
+
+
+def _unflatten(
+    flat: torch.Tensor, out_channels: int, geometry: ConvGeometry, channels_last: bool
+) -> torch.Tensor:
+    if channels_last:
+        return flat.view(*geometry.output_hw, out_channels).permute(2, 0, 1)
+    return flat.view(out_channels, *geometry.output_hw)
 
 
 def _norms_by(form: str, weight: torch.Tensor, geometry: ConvGeometry, channels_last: bool) -> torch.Tensor:
-    """N (C, H, W) by the ATen ops or the C++ kernel (flat in z's memory order, unflattened here)."""
+    """N (C, H, W) by the ATen ops, or by the C++ kernel inside conv2d_activate_ (flat in z's
+    memory order, unflattened here)."""
     if form == "aten":
         return conv_norms.conv2d_unit_norms_sq(weight, geometry, channels_last=channels_last)
-    flat = torch.ops.fastcae.conv2d_unit_norms_sq(weight, *geometry, channels_last)
-    out_hw = geometry.output_hw
-    if channels_last:
-        return flat.view(*out_hw, weight.shape[0]).permute(2, 0, 1)
-    return flat.view(weight.shape[0], *out_hw)
+    preact = _layer_output(weight, geometry, channels_last)
+    _, flat = torch.ops.fastcae.conv2d_activate_(
+        preact, weight.detach(), *geometry[:4], "sigmoid", channels_last
+    )
+    return _unflatten(flat, weight.shape[0], geometry, channels_last)
 
 
 NORMS_FORMS = ["aten", pytest.param("cpp", marks=needs_extension)]
@@ -314,7 +335,7 @@ def test_unit_norms_count_only_the_taps_inside_the_image(form):
     # 1 channel, 3×3 kernel of ones, padding 1 on a 3×3 image: corners see 4 taps,
     # edges 6, the center 9.
     weight = torch.ones(1, 1, 3, 3, dtype=torch.float64)
-    geometry = ConvGeometry((3, 3), (3, 3), (1, 1), (1, 1), (1, 1))
+    geometry = conv_norms.conv_geometry((3, 3), (3, 3), (1, 1), (1, 1), (1, 1))
     assert _norms_by(form, weight, geometry, False)[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
 
 
@@ -322,8 +343,9 @@ def test_unit_norms_count_only_the_taps_inside_the_image(form):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("seed", range(40))
 def test_unit_norms_equal_a_convolution_of_ones(seed, channels_last, form):
-    """N by either form against its definition, conv2d(1, K²), and dK (the C++
-    backward kernel, autograd of the ATen ops) against autograd of that convolution."""
+    """N by either form against its definition, conv2d(1, K²), and dK through N (the C++
+    backward kernel, or autograd of the ATen ops) against autograd of that convolution,
+    for dN_u = φ'(h_u)² (the kernel's dN for one sample with g_p = 1, sigmoid)."""
     geometry = random_geometry(900 + seed)
     _, weight, _ = make_conv_inputs(geometry, seed=seed)
     weight.requires_grad_()
@@ -334,15 +356,20 @@ def test_unit_norms_equal_a_convolution_of_ones(seed, channels_last, form):
     torch.testing.assert_close(got, expected)
     assert got.permute(1, 2, 0).is_contiguous() if channels_last else got.is_contiguous()
     gen = torch.Generator().manual_seed(seed)
-    grad_norms = torch.randn(expected.shape, dtype=torch.float64, generator=gen)
+    code = _layer_output(
+        weight, norms_geometry, channels_last, torch.rand(expected.shape, generator=gen, dtype=torch.float64)
+    )
+    grad_norms = (code * (1 - code)).square()[0]
     (want,) = torch.autograd.grad(expected, weight, grad_norms)
     if form == "aten":
         (grad_weight,) = torch.autograd.grad(got, weight, grad_norms)
     else:
-        flat_grad = (grad_norms.permute(1, 2, 0) if channels_last else grad_norms).reshape(-1)
-        grad_weight = torch.ops.fastcae.conv2d_unit_norms_sq_backward(
-            flat_grad, weight.detach(), *norms_geometry, channels_last
-        )
+        flat_norms = (got.permute(1, 2, 0) if channels_last else got).reshape(-1)
+        grad_preact, grad_weight = torch.ops.fastcae.conv2d_activate_backward(
+            None, torch.ones(1, dtype=torch.float64), code, flat_norms, weight.detach(), *norms_geometry[:4],
+            "sigmoid", channels_last, [False, True],
+        )  # fmt: skip
+        assert grad_preact is None
     torch.testing.assert_close(grad_weight, want)
 
 
@@ -353,49 +380,75 @@ def test_unit_norms_kernel_in_low_precision_accumulates_in_float32(dtype):
     _, weight, _ = make_conv_inputs(geometry, seed=7)
     norms_geometry = _norms_geometry(geometry)
     low = weight.to(dtype)
-    got = torch.ops.fastcae.conv2d_unit_norms_sq(low, *norms_geometry, False)
+    preact = _layer_output(low, norms_geometry, False)
+    _, got = torch.ops.fastcae.conv2d_activate_(preact, low, *norms_geometry[:4], "sigmoid", False)
     assert got.dtype == torch.float32
-    want = conv_norms.conv2d_unit_norms_sq(low.double(), norms_geometry).reshape(-1)
-    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
-    grad_norms = torch.rand(got.shape)
-    grad_weight = torch.ops.fastcae.conv2d_unit_norms_sq_backward(grad_norms, low, *norms_geometry, False)
-    assert grad_weight.dtype == dtype
     wide = low.double().requires_grad_()
     wide_norms = conv_norms.conv2d_unit_norms_sq(wide, norms_geometry).reshape(-1)
-    (want,) = torch.autograd.grad(wide_norms, wide, grad_norms.double())
+    torch.testing.assert_close(got.double(), wide_norms.detach(), rtol=1e-6, atol=1e-6)
+    grad_penalty = torch.ones(1)
+    _, grad_weight = torch.ops.fastcae.conv2d_activate_backward(
+        None, grad_penalty, preact, got, low, *norms_geometry[:4], "sigmoid", False, [False, True]
+    )
+    assert grad_weight.dtype == dtype
+    slope = preact.double() * (1 - preact.double())  # h = σ(0) = 1/2 everywhere, written by the forward
+    (want,) = torch.autograd.grad(wide_norms, wide, slope.square().reshape(-1))
     # One rounding to dtype at the end (the sums are float32).
     tolerance = {torch.float32: 1e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
     torch.testing.assert_close(grad_weight.double(), want, rtol=tolerance, atol=tolerance)
 
 
 @needs_extension
-def test_opcheck_unit_norms_ops():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_conv2d_activate_ops(channels_last):
     geometry = random_geometry(31)
-    _, weight, _ = make_conv_inputs(geometry, seed=3)
+    x, weight, _ = make_conv_inputs(geometry, seed=3)
     norms_geometry = _norms_geometry(geometry)
-    for channels_last in (False, True):
-        args = (weight, *norms_geometry, channels_last)
-        torch.library.opcheck(torch.ops.fastcae.conv2d_unit_norms_sq.default, args)
-        grad = torch.rand(torch.ops.fastcae.conv2d_unit_norms_sq(*args).shape, dtype=torch.float64)
-        torch.library.opcheck(torch.ops.fastcae.conv2d_unit_norms_sq_backward.default, (grad, *args))
+    preact = F.conv2d(x, weight, None, **geometry["conv"])
+    if channels_last:
+        preact = preact.contiguous(memory_format=torch.channels_last)
+    args = (*norms_geometry[:4], "tanh", channels_last)
+    torch.library.opcheck(torch.ops.fastcae.conv2d_activate_.default, (preact.clone(), weight, *args))
+    code = preact.clone()
+    version = code._version
+    _, norms = torch.ops.fastcae.conv2d_activate_(code, weight, *args)
+    assert code._version > version  # autograd then catches a use of z saved before it
+    gen = torch.Generator().manual_seed(3)
+    grad_code = torch.randn(code.shape, generator=gen, dtype=code.dtype)
+    grad_penalty = torch.randn(code.shape[0], generator=gen, dtype=code.dtype)
+    for grads, mask in (((grad_code, grad_penalty), [True, True]), ((None, grad_penalty), [False, True])):
+        torch.library.opcheck(
+            torch.ops.fastcae.conv2d_activate_backward.default, (*grads, code, norms, weight, *args, mask)
+        )
 
 
 @needs_extension
-def test_unit_norms_kernel_rejects_bad_arguments():
+def test_conv2d_activate_kernels_reject_bad_arguments():
     weight = torch.rand(2, 1, 3, 3)
+    preact = torch.rand(1, 2, 3, 3)
+    geometry = ((5, 5), (1, 1), (0, 0), (1, 1))
     with pytest.raises(ValueError, match="weight must be 4-D"):
-        torch.ops.fastcae.conv2d_unit_norms_sq(weight[0], (5, 5), (3, 3), (1, 1), (0, 0), (1, 1), False)
+        torch.ops.fastcae.conv2d_activate_(preact, weight[0], *geometry, "tanh", False)
     with pytest.raises(ValueError, match="stride must be two integers >= 1"):
-        torch.ops.fastcae.conv2d_unit_norms_sq(weight, (5, 5), (3, 3), (0, 1), (0, 0), (1, 1), False)
-    with pytest.raises(ValueError, match="grad_unit_norms_sq must have shape"):
-        torch.ops.fastcae.conv2d_unit_norms_sq_backward(
-            torch.rand(5), weight, (5, 5), (3, 3), (1, 1), (0, 0), (1, 1), False
+        torch.ops.fastcae.conv2d_activate_(preact, weight, (5, 5), (0, 1), (0, 0), (1, 1), "tanh", False)
+    with pytest.raises(ValueError, match="preact has 3 channels but weight has 2"):
+        torch.ops.fastcae.conv2d_activate_(torch.rand(1, 3, 3, 3), weight, *geometry, "tanh", False)
+    with pytest.raises(ValueError, match="preact must be channels-last"):
+        torch.ops.fastcae.conv2d_activate_(torch.rand(1, 2, 3, 3), weight, *geometry, "tanh", True)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        torch.ops.fastcae.conv2d_activate_(preact, weight, *geometry, "swish", False)
+    _, norms = torch.ops.fastcae.conv2d_activate_(
+        preact.requires_grad_(False), weight, *geometry, "tanh", False
+    )
+    with pytest.raises(ValueError, match="grad_code must have shape"):
+        torch.ops.fastcae.conv2d_activate_backward(
+            torch.rand(1, 2, 3, 2), None, preact, norms, weight, *geometry, "tanh", False, [True, False]
         )
-    norms = torch.ops.fastcae.conv2d_unit_norms_sq(
-        weight.requires_grad_(), (5, 5), (3, 3), (1, 1), (0, 0), (1, 1), False
+    penalty, _ = torch.ops.fastcae.conv2d_activate_(
+        torch.rand(1, 2, 3, 3), weight.requires_grad_(), *geometry, "tanh", False
     )
     with pytest.raises(RuntimeError, match="not implemented"):  # a kernel, not a differentiable op
-        norms.sum().backward()
+        penalty.sum().backward()
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -403,7 +456,7 @@ def test_unit_norms_of_a_geometry_too_large_for_its_tap_mask(channels_last):
     # 7×7 taps × 300×300 outputs: more entries than MAX_TAP_MASK_ENTRIES, so N
     # comes from the row and column masks.
     weight = torch.randn(2, 3, 7, 7, dtype=torch.float64)
-    geometry = ConvGeometry((300, 300), (300, 300), (1, 1), (3, 3), (1, 1))
+    geometry = conv_norms.conv_geometry((300, 300), (7, 7), (1, 1), (3, 3), (1, 1))
     _, _, taps = conv_norms.tap_masks(geometry, (7, 7), torch.float64, torch.device("cpu"))
     assert taps is None
     expected = F.conv2d(torch.ones(1, 3, 300, 300, dtype=torch.float64), weight.square(), padding=3)[0]

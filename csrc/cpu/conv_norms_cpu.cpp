@@ -5,12 +5,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
 #include <utility>
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "fastcae/activate.h"
 #include "fastcae/conv_norms.h"
 
 namespace fastcae {
@@ -58,12 +60,10 @@ int64_t channels_per_task(int64_t per_channel) {
   return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(per_channel, 1));
 }
 
-}  // namespace
-
-at::Tensor conv2d_unit_norms_sq_cpu(const at::Tensor& weight, at::IntArrayRef input_hw, at::IntArrayRef output_hw,
-                                    at::IntArrayRef stride, at::IntArrayRef pad_before, at::IntArrayRef dilation,
-                                    bool channels_last) {
-  check_conv_norms_args(weight, input_hw, output_hw, stride, pad_before, dilation);
+// N (U,) in z's memory order, in the accumulation dtype.
+at::Tensor unit_norms_sq(const at::Tensor& weight, at::IntArrayRef input_hw, at::IntArrayRef output_hw,
+                         at::IntArrayRef stride, at::IntArrayRef pad_before, at::IntArrayRef dilation,
+                         bool channels_last) {
   const ConvAxis rows = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 0);
   const ConvAxis cols = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 1);
   const at::Tensor kernel = weight.contiguous();
@@ -133,11 +133,10 @@ at::Tensor conv2d_unit_norms_sq_cpu(const at::Tensor& weight, at::IntArrayRef in
   return norms;
 }
 
-at::Tensor conv2d_unit_norms_sq_backward_cpu(const at::Tensor& grad_unit_norms_sq, const at::Tensor& weight,
-                                             at::IntArrayRef input_hw, at::IntArrayRef output_hw,
-                                             at::IntArrayRef stride, at::IntArrayRef pad_before,
-                                             at::IntArrayRef dilation, bool channels_last) {
-  check_conv_norms_args(weight, input_hw, output_hw, stride, pad_before, dilation);
+// dK (weight's shape and dtype) from dN (U,) in z's memory order.
+at::Tensor unit_norms_sq_backward(const at::Tensor& grad_unit_norms_sq, const at::Tensor& weight,
+                                  at::IntArrayRef input_hw, at::IntArrayRef output_hw, at::IntArrayRef stride,
+                                  at::IntArrayRef pad_before, at::IntArrayRef dilation, bool channels_last) {
   const ConvAxis rows = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 0);
   const ConvAxis cols = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 1);
   const at::Tensor kernel = weight.contiguous();
@@ -214,6 +213,59 @@ at::Tensor conv2d_unit_norms_sq_backward_cpu(const at::Tensor& grad_unit_norms_s
         });
       });
   return grad_weight;
+}
+
+// z (B, C, H, W) as (B, U) in its memory order (a view: z is dense in that layout), and back.
+at::Tensor units_view(const at::Tensor& t, bool channels_last) {
+  const int64_t units = t.size(1) * t.size(2) * t.size(3);
+  return channels_last ? t.permute({0, 2, 3, 1}).reshape({t.size(0), units}) : t.reshape({t.size(0), units});
+}
+
+at::Tensor from_units(const at::Tensor& flat, const at::Tensor& like, bool channels_last) {
+  if (!channels_last) return flat.view(like.sizes());
+  return flat.view({like.size(0), like.size(2), like.size(3), like.size(1)}).permute({0, 3, 1, 2});
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> conv2d_activate_inplace_cpu(at::Tensor& preact, const at::Tensor& weight,
+                                                               at::IntArrayRef input_hw, at::IntArrayRef stride,
+                                                               at::IntArrayRef pad_before, at::IntArrayRef dilation,
+                                                               c10::string_view activation, bool channels_last) {
+  check_conv_norms_args(weight, input_hw, stride, pad_before, dilation);
+  check_conv_activate_inputs(preact, weight, channels_last);
+  const at::Tensor norms = unit_norms_sq(weight, input_hw, {preact.size(2), preact.size(3)}, stride, pad_before,
+                                         dilation, channels_last);
+  at::Tensor flat_preact = units_view(preact, channels_last);
+  at::Tensor penalty = activate_forward_inplace_cpu(flat_preact, norms, activation);
+  // As ATen's in-place ops do (see activate_forward_inplace_cpu): a view made
+  // below autograd has its own version counter, so z's is bumped here.
+  torch::autograd::impl::bump_version(preact);
+  return {penalty, norms};
+}
+
+std::tuple<at::Tensor, at::Tensor> conv2d_activate_backward_cpu(
+    const c10::optional<at::Tensor>& grad_code, const c10::optional<at::Tensor>& grad_penalty,
+    const at::Tensor& code, const at::Tensor& unit_norms_sq, const at::Tensor& weight, at::IntArrayRef input_hw,
+    at::IntArrayRef stride, at::IntArrayRef pad_before, at::IntArrayRef dilation, c10::string_view activation,
+    bool channels_last, std::array<bool, 2> output_mask) {
+  check_conv_norms_args(weight, input_hw, stride, pad_before, dilation);
+  check_conv_activate_inputs(code, weight, channels_last);
+  if (grad_code.has_value()) {
+    TORCH_CHECK_VALUE(grad_code->sizes() == code.sizes(), "fastcae: grad_code must have shape ", code.sizes(),
+                      ", got ", grad_code->sizes());
+  }
+  c10::optional<at::Tensor> flat_grad_code;
+  if (grad_code.has_value()) flat_grad_code = units_view(*grad_code, channels_last);  // a copy where not a view
+  const auto [flat_grad_preact, grad_norms] = activate_backward_cpu(
+      flat_grad_code, grad_penalty, units_view(code, channels_last), unit_norms_sq, activation, output_mask);
+  at::Tensor grad_preact, grad_weight;
+  if (output_mask[0]) grad_preact = from_units(flat_grad_preact, code, channels_last);
+  if (output_mask[1]) {
+    grad_weight = unit_norms_sq_backward(grad_norms, weight, input_hw, {code.size(2), code.size(3)}, stride,
+                                         pad_before, dilation, channels_last);
+  }
+  return {grad_preact, grad_weight};
 }
 
 }  // namespace fastcae

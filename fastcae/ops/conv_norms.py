@@ -14,16 +14,18 @@ which is conv2d(1, K², same geometry) of one all-ones image. Two forms:
 - :func:`conv2d_unit_norms_sq`: ATen ops, every device, differentiable
   (autograd gives dK): one small product of S = Σ_{c'} K² with the
   geometry's 0/1 tap mask;
-- the kernel ops ``fastcae::conv2d_unit_norms_sq`` / ``_backward`` (C++, CPU:
-  csrc/cpu/conv_norms_cpu.cpp), which :func:`conv2d_epilogue_in_place` runs
-  with the activate op's in-place kernel under one autograd.Function. In a CPU
-  training step every small ATen op and autograd node costs several
-  microseconds; N's five ops and their backward measured ~0.06 of a first-layer
-  conv autoencoder step.
+- C++ (CPU: csrc/cpu/conv_norms_cpu.cpp), inside the kernel ops
+  ``fastcae::conv2d_activate_`` (N, then the activate op's in-place forward on
+  the layer's own output z) and ``conv2d_activate_backward`` (dz, then dK
+  through N), which :func:`conv2d_epilogue_in_place` runs under one
+  autograd.Function. In a CPU training step every small ATen op and autograd
+  node costs several microseconds; N's five ops and their backward measured
+  ~0.05 of a first-layer conv autoencoder step.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -33,19 +35,20 @@ from .._constants import constant_tensors
 from .._precision import acc_dtype
 from . import loading
 from .activate import from_units, units_view
-from .fused import graph_needed
+from .fused import graph_needed, no_autograd
 from .reference import activate_backward_closed_form
 
 
 class ConvGeometry(NamedTuple):
     """One convolution's geometry, each a (height, width) pair; ``pad_before`` is the
-    zeros before the input on each axis (F.conv2d puts the odd pixel of "same" after it)."""
+    zeros before the input on each axis (F.conv2d puts the odd pixel of "same" after
+    it). The first four are the kernel ops' geometry arguments, in their order."""
 
     input_hw: tuple[int, int]
-    output_hw: tuple[int, int]
     stride: tuple[int, int]
     pad_before: tuple[int, int]
     dilation: tuple[int, int]
+    output_hw: tuple[int, int]
 
 
 def pads_before(
@@ -57,6 +60,40 @@ def pads_before(
     if padding == "same":
         return tuple((d * (k - 1)) // 2 for k, d in zip(kernel_hw, dilation, strict=True))
     return padding
+
+
+def _geometry(
+    input_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int] | str,
+    dilation: tuple[int, int],
+) -> ConvGeometry:
+    pads = pads_before(padding, kernel_hw, dilation)
+    output_hw = tuple(
+        size if padding == "same" else (size + 2 * pad - dilate * (kernel - 1) - 1) // step + 1
+        for size, kernel, step, pad, dilate in zip(input_hw, kernel_hw, stride, pads, dilation, strict=True)
+    )
+    return ConvGeometry(tuple(input_hw), stride, pads, dilation, output_hw)
+
+
+_cached_geometry = functools.lru_cache(maxsize=256)(_geometry)
+
+
+def conv_geometry(
+    input_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int] | str,
+    dilation: tuple[int, int],
+) -> ConvGeometry:
+    """The geometry of F.conv2d(x, K, stride=stride, padding=padding, dilation=dilation)
+    for x (…, H_in, W_in) and K (…, kH, kW), from validated pairs (padding: a pair, "same"
+    or "valid"). Made once per argument set (a few µs of every layer call otherwise),
+    uncached while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return _geometry(input_hw, kernel_hw, stride, padding, dilation)
+    return _cached_geometry(input_hw, kernel_hw, stride, padding, dilation)
 
 
 def _inside_taps(
@@ -129,34 +166,48 @@ def flat_units(norms: Tensor, channels_last: bool) -> Tensor:
 
 if loading.extension() is not None:
 
-    @torch.library.register_fake("fastcae::conv2d_unit_norms_sq")
-    def _(weight, input_hw, output_hw, stride, pad_before, dilation, channels_last):
-        units = weight.shape[0] * output_hw[0] * output_hw[1]
-        return weight.new_empty((units,), dtype=acc_dtype(weight.dtype))
+    @torch.library.register_fake("fastcae::conv2d_activate_")
+    def _(preact, weight, input_hw, stride, pad_before, dilation, activation, channels_last):
+        acc = acc_dtype(preact.dtype)
+        units = preact.shape[1:].numel()
+        return preact.new_empty(preact.shape[:1], dtype=acc), preact.new_empty((units,), dtype=acc)
 
-    @torch.library.register_fake("fastcae::conv2d_unit_norms_sq_backward")
-    def _(grad_unit_norms_sq, weight, input_hw, output_hw, stride, pad_before, dilation, channels_last):
-        return torch.empty_like(weight, memory_format=torch.contiguous_format)
+    @torch.library.register_fake("fastcae::conv2d_activate_backward")
+    def _(grad_code, grad_penalty, code, unit_norms_sq, weight, *geometry_activation_layout_mask):
+        output_mask = geometry_activation_layout_mask[-1]
+        grad_preact = torch.empty_like(code) if output_mask[0] else None
+        grad_weight = (
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else None
+        )
+        return grad_preact, grad_weight
+
+
+def _forward_kernel(
+    preact: Tensor, weight: Tensor, geometry: ConvGeometry, activation: str, channels_last: bool
+) -> tuple[Tensor, Tensor]:
+    """(p, N) with h written over z: the kernel op ``fastcae::conv2d_activate_``."""
+    return torch.ops.fastcae.conv2d_activate_.default(
+        preact, weight, *geometry[:4], activation, channels_last
+    )
 
 
 class Conv2dEpilogueInPlace(torch.autograd.Function):
     """(z (B, C, H, W), K, geometry, activation, channels_last) -> (h, p) with h written over
-    z, which the caller owns, and N made from K inside: the CPU kernels of the conv_norms
-    and activate ops (``activate_forward_``: a fresh output of a few MiB page-faults
-    on every call, csrc/include/fastcae/activate.h). Eager calls only.
+    z, which the caller owns, and N made from K inside: the kernel ops
+    ``fastcae::conv2d_activate_`` / ``conv2d_activate_backward`` (csrc/cpu/conv_norms_cpu.cpp,
+    which run the activate op's kernels; a fresh output of a few MiB page-faults on
+    every call, csrc/include/fastcae/activate.h). Eager calls only.
 
-    Backward: dz and dN from the fused kernel, dK = 2 K ⊙ dS from dN by the
-    conv_norms backward kernel; where a graph of the gradient is needed, the
-    closed form with N in ATen ops, differentiated by autograd.
+    Backward: dz and dK = 2 K ⊙ dS (through N) from one kernel op; where a graph
+    of the gradient is needed, the closed form with N in ATen ops, differentiated
+    by autograd.
     """
 
     @staticmethod
     def forward(
         ctx, preact: Tensor, weight: Tensor, geometry: ConvGeometry, activation: str, channels_last: bool
     ):
-        unit_norms_sq = torch.ops.fastcae.conv2d_unit_norms_sq.default(weight, *geometry, channels_last)
-        flat_preact = units_view(preact, channels_last)
-        penalty = torch.ops.fastcae.activate_forward_.default(flat_preact, unit_norms_sq, activation)
+        penalty, unit_norms_sq = _forward_kernel(preact, weight, geometry, activation, channels_last)
         ctx.mark_dirty(preact)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(preact, unit_norms_sq, weight)
@@ -166,36 +217,40 @@ class Conv2dEpilogueInPlace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None):
         code, unit_norms_sq, weight = ctx.saved_tensors
-        layout = ctx.channels_last
         # Without a penalty gradient, N (and so K through it) receives none.
         need_preact = ctx.needs_input_grad[0]
         need_weight = ctx.needs_input_grad[1] and grad_penalty is not None
         if (grad_code is None and grad_penalty is None) or not (need_preact or need_weight):
             return None, None, None, None, None
-        flat_grad_code = None if grad_code is None else units_view(grad_code, layout)
-        flat_code = units_view(code, layout)
         if graph_needed(grad_code, grad_penalty, code, weight):
-            with torch.enable_grad():
-                norms = flat_units(conv2d_unit_norms_sq(weight, ctx.geometry, channels_last=layout), layout)
-                grad_preact, grad_norms = activate_backward_closed_form(
-                    flat_grad_code, grad_penalty, flat_code, norms, ctx.activation, (need_preact, need_weight)
-                )
-                grad_weight = None
-                if need_weight:
-                    (grad_weight,) = torch.autograd.grad(norms, weight, grad_norms, create_graph=True)
+            grads = _differentiable_grads(
+                ctx, grad_code, grad_penalty, code, weight, (need_preact, need_weight)
+            )
         else:
-            grad_preact, grad_norms = torch.ops.fastcae.activate_backward.default(
-                flat_grad_code, grad_penalty, flat_code, unit_norms_sq, ctx.activation,
-                [need_preact, need_weight],
+            grads = torch.ops.fastcae.conv2d_activate_backward.default(
+                grad_code, grad_penalty, code, unit_norms_sq, weight, *ctx.geometry[:4], ctx.activation,
+                ctx.channels_last, [need_preact, need_weight],
             )  # fmt: skip
-            grad_weight = None
-            if need_weight:
-                grad_weight = torch.ops.fastcae.conv2d_unit_norms_sq_backward.default(
-                    grad_norms, weight, *ctx.geometry, layout
-                )
-        if grad_preact is not None:
-            grad_preact = from_units(grad_preact, code, layout)
-        return grad_preact, grad_weight, None, None, None
+        return *grads, None, None, None
+
+
+def _differentiable_grads(
+    ctx, grad_code, grad_penalty, code, weight, mask
+) -> tuple[Tensor | None, Tensor | None]:
+    """(dz, dK) in differentiable ops: the activate op's closed-form backward with N in ATen ops."""
+    layout = ctx.channels_last
+    flat_grad_code = None if grad_code is None else units_view(grad_code, layout)
+    with torch.enable_grad():
+        norms = flat_units(conv2d_unit_norms_sq(weight, ctx.geometry, channels_last=layout), layout)
+        grad_preact, grad_norms = activate_backward_closed_form(
+            flat_grad_code, grad_penalty, units_view(code, layout), norms, ctx.activation, mask
+        )
+        grad_weight = None
+        if mask[1]:
+            (grad_weight,) = torch.autograd.grad(norms, weight, grad_norms, create_graph=True)
+    if grad_preact is not None:
+        grad_preact = from_units(grad_preact, code, layout)
+    return grad_preact, grad_weight
 
 
 def conv2d_epilogue_in_place(
@@ -203,5 +258,7 @@ def conv2d_epilogue_in_place(
 ) -> tuple[Tensor, Tensor]:
     """The "cpu" backend's epilogue of the convolutional layer on z = conv2d(x, K, ...)
     (see activate.writes_in_place): (h, the same tensor as z, and p (B,)), differentiable
-    with respect to z and K (through N)."""
+    with respect to z and K (through N); the kernel alone where nothing needs a gradient."""
+    if no_autograd(preact, weight):
+        return preact, _forward_kernel(preact, weight, geometry, activation, channels_last)[0]
     return Conv2dEpilogueInPlace.apply(preact, weight, geometry, activation, channels_last)
