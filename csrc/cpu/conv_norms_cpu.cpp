@@ -1,6 +1,7 @@
 // CPU kernels of the conv_norms op (fastcae/conv_norms.h): N from the kernel
-// and dK from dN, once per output channel and row range of taps (the rows
-// that share one are copies), in fixed orders whatever the thread count.
+// and dK from dN, summed once per output channel and (row, column) range of
+// taps and copied to the units that share it, in fixed orders whatever the
+// thread count; and the layer's epilogue ops around them.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -52,9 +53,9 @@ struct AxisTaps {
   }
 };
 
-// Output channels per task: a channel costs about its H_out·W_out outputs plus
-// kH·kW·W_out·(row ranges) operations, each a few cycles; below ~10^5 of them
-// one thread does it all (a fork costs more).
+// Output channels per task, from a channel's cost (its H_out·W_out outputs plus
+// the sums per range, a few cycles each): below ~10^5 of them one thread does
+// it all (a fork costs more).
 int64_t channels_per_task(int64_t per_channel) {
   constexpr int64_t kWorkPerTask = 1 << 17;
   return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(per_channel, 1));
@@ -76,7 +77,7 @@ at::Tensor unit_norms_sq(const at::Tensor& weight, at::IntArrayRef input_hw, at:
   const int64_t row_ranges = static_cast<int64_t>(row_taps.ranges.size());
   const int64_t col_ranges = static_cast<int64_t>(col_taps.ranges.size());
   const int64_t per_channel = plane + row_ranges * (out_w + col_ranges * taps);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, kernel.scalar_type(), "conv2d_unit_norms_sq_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, kernel.scalar_type(), "unit_norms_sq", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* kernel_data = kernel.const_data_ptr<scalar_t>();
     acc_t* norms_data = norms.mutable_data_ptr<acc_t>();
@@ -156,7 +157,7 @@ at::Tensor unit_norms_sq_backward(const at::Tensor& grad_unit_norms_sq, const at
   const int64_t col_ranges = static_cast<int64_t>(col_taps.ranges.size());
   const int64_t per_channel = plane + row_ranges * col_ranges * taps;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, kernel.scalar_type(), "conv2d_unit_norms_sq_backward_cpu", [&] {
+      at::kBFloat16, at::kHalf, kernel.scalar_type(), "unit_norms_sq_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* kernel_data = kernel.const_data_ptr<scalar_t>();
         const acc_t* grad_data = grad_norms.const_data_ptr<acc_t>();
