@@ -64,14 +64,19 @@ def test_extension_reports_its_build():
 
 # z over the range where σ, σ' and their float32 rounding change character: results
 # in the denormal range and below it (the exp's clamp at -104), saturation, ±inf,
-# NaN, ±0 and a denormal z; 1003 units, so rows end in a partial vector of 16.
+# NaN, ±0 and a denormal z; 1003 units, so rows end in a partial vector of 16, and
+# 63 rows, so the backward's last chunk ends in rows swept one at a time.
 SIGMOID_SWEEP = """
 import sys, torch, fastcae
-z = torch.linspace(-112.0, 40.0, 64 * 1003).view(64, 1003).double()  # float32 values
+z = torch.linspace(-112.0, 40.0, 63 * 1003).view(63, 1003).double()  # float32 values
 z[0, :8] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-42, -1e-42, -104.0])
 norms = torch.rand(1003, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
 code, penalty = torch.ops.fastcae.activate_forward(z.float(), norms.float(), "sigmoid")
-torch.save((z, norms, code, penalty), sys.argv[1])
+gen = torch.Generator().manual_seed(1)
+grad_code, grad_penalty = torch.randn(63, 1003, generator=gen), torch.randn(63, generator=gen)
+mask = [True, True]
+grads = torch.ops.fastcae.activate_backward(grad_code, grad_penalty, code, norms.float(), "sigmoid", mask)
+torch.save((z, norms, code, penalty, grad_code, grad_penalty, *grads), sys.argv[1])
 """
 
 
@@ -86,8 +91,10 @@ def test_cpu_sigmoid_forward_over_the_whole_float_range(tmp_path, intrinsics):
     """h and p of the float32 sigmoid pass (FASTCAE_CPU_INTRINSICS=1: the AVX-512
     pass where the CPU has it; 0: the portable loop) against float64: h within
     2.5e-7 relative where σ is a normal float, within one denormal step below,
-    NaN kept to its row, exact 0 and 1 at the infinities."""
-    z, norms, code, penalty = _sigmoid_sweep(tmp_path / "sweep.pt", FASTCAE_CPU_INTRINSICS=intrinsics)
+    NaN kept to its row, exact 0 and 1 at the infinities; and the backward pass
+    (dz, dN) on those codes."""
+    sweep = _sigmoid_sweep(tmp_path / "sweep.pt", FASTCAE_CPU_INTRINSICS=intrinsics)
+    z, norms, code, penalty, grad_code, grad_penalty, grad_preact, grad_norms = sweep
     want = torch.sigmoid(z)
     slope = want * torch.sigmoid(-z)
     finite = ~torch.isnan(z)
@@ -100,6 +107,19 @@ def test_cpu_sigmoid_forward_over_the_whole_float_range(tmp_path, intrinsics):
     assert torch.isnan(penalty[0]) and torch.isfinite(penalty[1:]).all()
     # σ'² underflows float32 in the rows of very negative z: there p is only near 0.
     torch.testing.assert_close(penalty[1:].double(), want_penalty[1:], rtol=1e-6, atol=1e-35)
+    # The backward pass on those codes against its formula in float64 from the same h:
+    # within a few roundings of its terms' sizes.
+    h, g_h, g_p = code.double(), grad_code.double(), grad_penalty.double()[:, None]
+    s = h * (1 - h)
+    code_term, penalty_term = g_h * s, 2 * g_p * s * s * (1 - 2 * h) * norms
+    size = code_term.abs() + penalty_term.abs()
+    error = (grad_preact.double() - (code_term + penalty_term)).abs()
+    rows = slice(1, None)  # row 0 holds the NaN and infinities
+    assert (error[rows] <= 1e-6 * size[rows] + 2.0**-140).all()
+    assert torch.isnan(grad_preact[0, 0]) and torch.isnan(grad_norms[0])
+    want_norms = (g_p * s * s).sum(dim=0)
+    scale = (g_p.abs() * s * s).sum(dim=0)
+    assert ((grad_norms.double() - want_norms).abs()[1:] <= 1e-5 * scale[1:] + 2.0**-140).all()
 
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
@@ -112,9 +132,9 @@ def test_cpu_sigmoid_passes_agree(tmp_path):
 
     if "intrinsics" not in _C.cpu_kernel_isa():
         pytest.skip("this CPU runs only the portable sigmoid pass (no AVX-512)")
-    _, _, code, penalty = _sigmoid_sweep(tmp_path / "avx512.pt")
+    _, _, code, penalty, *_ = _sigmoid_sweep(tmp_path / "avx512.pt")
     portable = _sigmoid_sweep(tmp_path / "portable.pt", FASTCAE_CPU_INTRINSICS="0")
-    _, _, portable_code, portable_penalty = portable
+    _, _, portable_code, portable_penalty, *_ = portable
     torch.testing.assert_close(code, portable_code, rtol=2**-23, atol=2**-149, equal_nan=True)
     torch.testing.assert_close(penalty, portable_penalty, rtol=1e-6, atol=0, equal_nan=True)
 
