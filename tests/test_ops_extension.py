@@ -14,6 +14,7 @@ from helpers import DEVICES, available_backends, make_inputs
 
 import fastcae
 from fastcae.activations import ACTIVATION_NAMES
+from fastcae.ops.reference import activate_backward_closed_form
 
 # The extension's backend of each device: "cpu" on CPU tensors, "cuda" on CUDA tensors.
 TARGETS = [(device, device) for device in DEVICES if device in available_backends(device)]
@@ -182,6 +183,36 @@ def test_results_do_not_depend_on_thread_count(batch, hidden):
     for name, a, b in zip(("h", "p", "dW", "db"), single[:2] + single[3:], outputs, strict=True):
         assert torch.equal(a, b), name
     torch.testing.assert_close(single[2], grad_x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")
+@pytest.mark.parametrize(("batch", "units"), [(8, 5000), (40, 4200)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_activate_backward_over_unit_tiles_does_not_depend_on_thread_count(batch, units, dtype):
+    """The activate op's CPU backward runs in tasks of one chunk of 16 rows × one tile of
+    units (2048 at 16 rows): here one or three chunks and three tiles, the last one
+    partial. dz and dN are bitwise the same on one thread and on all, and match the
+    closed form."""
+    gen = torch.Generator().manual_seed(units)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    code = torch.rand(batch, units, generator=gen, dtype=torch.float64).to(dtype)
+    norms = torch.rand(units, generator=gen, dtype=torch.float64).to(acc)
+    grad_code = torch.randn(batch, units, generator=gen, dtype=torch.float64).to(dtype)
+    grad_penalty = torch.randn(batch, generator=gen, dtype=torch.float64).to(acc)
+    args = (grad_code, grad_penalty, code, norms, "tanh", [True, True])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = torch.ops.fastcae.activate_backward(*args)
+    finally:
+        torch.set_num_threads(threads)
+    grads = torch.ops.fastcae.activate_backward(*args)
+    for a, b in zip(single, grads, strict=True):
+        assert torch.equal(a, b)
+    want = activate_backward_closed_form(*(t.double() for t in args[:4]), "tanh", (True, True))
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for got, expected in zip(grads, want, strict=True):
+        torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="fastcae._C is not built")

@@ -1,7 +1,7 @@
 // CPU kernels of the activate op: the encode op's fused passes (passes.h) on
 // given pre-activations, parallel over rows (forward) and over fixed chunks of
-// rows (backward), with the same fixed summation orders, so the results do not
-// depend on the thread count.
+// rows × tiles of units (backward), with the same fixed summation orders, so
+// the results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -6,7 +6,7 @@
 //   sum_rows_in_order         the groups (or chunks) added in a fixed order;
 //   grad_preactivation_tile   dz = g_h φ' + 2 g_p φ' φ'' N_j, with the per-unit
 //                             sums Σ_b dz and Σ_b g_p φ'²;
-//   backward_rows             that pass over fixed chunks of rows, in parallel.
+//   backward_rows             that pass over fixed chunks of rows × tiles of units, in parallel.
 //
 // N_j is ‖W_j‖² for the encode op. Loops are written for the auto-vectorizer
 // (branch-free math from cae_math.h, `omp simd` reductions) and compiled in
@@ -195,21 +195,33 @@ struct BackwardTile {
   }
 };
 
-// Rows path: the fused pass parallel over chunks of rows, each chunk's unit
-// sums in its own slot of state.partials, then added in order into unit_sums
-// (without kSumGradPreact only its second row, Σ_b g_p φ'², is written).
+// Rows path: the fused pass over tasks of one chunk of rows × one tile of
+// units, in parallel (tiles so that a batch of few chunks still fills the
+// threads: one chunk at B ≤ 16). Each chunk's unit sums go in its own slot of
+// state.partials, then are added in order into unit_sums (without
+// kSumGradPreact only its second row, Σ_b g_p φ'², is written). A (chunk,
+// unit) sum runs over the chunk's rows in the same order whatever the tile,
+// so the results do not depend on the split either.
 template <Activation A, bool kHasGradCode, bool kSumGradPreact, typename scalar_t>
 void backward_rows(EncodeBackwardState& state, at::Tensor& unit_sums) {
   using acc_t = at::opmath_type<scalar_t>;
   const BackwardTile<scalar_t> tile(state);
   const int64_t hidden = state.hidden;
+  // About kElementsPerTask elements per task, in whole 64-unit lines.
+  const int64_t tile_units = std::max<int64_t>(64, kElementsPerTask / state.chunk_rows / 64 * 64);
+  const int64_t tiles = (hidden + tile_units - 1) / tile_units;
   acc_t* partials = state.partials.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, state.num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      acc_t* chunk_sums = partials + chunk * 2 * hidden;
-      std::fill(chunk_sums + (kSumGradPreact ? 0 : hidden), chunk_sums + 2 * hidden, acc_t(0));
-      tile.template fused_pass<A, kHasGradCode, kSumGradPreact>(chunk, 0, hidden, chunk_sums,
-                                                                chunk_sums + hidden);
+  at::parallel_for(0, state.num_chunks * tiles, 1, [&](int64_t task_begin, int64_t task_end) {
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      const int64_t chunk = task / tiles;
+      const int64_t unit_begin = task % tiles * tile_units;
+      const int64_t unit_end = std::min(hidden, unit_begin + tile_units);
+      acc_t* bias_sums = partials + chunk * 2 * hidden + unit_begin;
+      acc_t* scale_sums = bias_sums + hidden;
+      if constexpr (kSumGradPreact) std::fill(bias_sums, bias_sums + (unit_end - unit_begin), acc_t(0));
+      std::fill(scale_sums, scale_sums + (unit_end - unit_begin), acc_t(0));
+      tile.template fused_pass<A, kHasGradCode, kSumGradPreact>(chunk, unit_begin, unit_end, bias_sums,
+                                                                scale_sums);
     }
   });
   const int64_t first_sum = kSumGradPreact ? 0 : hidden;
