@@ -1,7 +1,7 @@
 // The conv_norms op's front end: its schemas, argument checks and the kernel
 // that serves each device (the CPU only: csrc/cpu/conv_norms_cpu.cpp). The
 // contract is in fastcae/conv_norms.h; the fake kernels and the autograd are
-// registered from Python (fastcae/ops/conv_epilogue.py).
+// registered from Python (fastcae/ops/conv_norms.py).
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>

@@ -1,4 +1,4 @@
-"""Constant tensors built once per set of arguments: masks, lookup tables."""
+"""Constants built once per set of arguments: masks, lookup tables, layer geometries."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 def constant_tensors(build: Callable[..., T]) -> Callable[..., T]:
     """Memoizes ``build`` (hashable arguments, e.g. shapes, dtype, device -> tensors that
-    nothing writes to), for the per-call Python and small ops it saves.
+    nothing writes to, or tuples of ints), for the per-call Python and small ops it saves.
 
     The tensors are made outside inference mode, so one first made there can still be
     saved for backward later. While torch.compile traces, ``build`` runs uncached: its

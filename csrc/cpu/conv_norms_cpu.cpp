@@ -61,21 +61,44 @@ int64_t channels_per_task(int64_t per_channel) {
   return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(per_channel, 1));
 }
 
-// N (U,) in z's memory order, in the accumulation dtype.
-at::Tensor unit_norms_sq(const at::Tensor& weight, at::IntArrayRef input_hw, at::IntArrayRef output_hw,
-                         at::IntArrayRef stride, at::IntArrayRef pad_before, at::IntArrayRef dilation,
-                         bool channels_last) {
-  const ConvAxis rows = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 0);
-  const ConvAxis cols = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 1);
-  const at::Tensor kernel = weight.contiguous();
-  const int64_t out_channels = kernel.size(0), group_channels = kernel.size(1);
-  const int64_t kernel_h = rows.kernel_size, kernel_w = cols.kernel_size, taps = kernel_h * kernel_w;
-  const int64_t out_h = rows.output_size, out_w = cols.output_size, plane = out_h * out_w;
+// One layer as the N kernels see it (the kernel, its sizes, each axis's tap
+// ranges), and the kernels.
+struct NormsProblem {
+  at::Tensor kernel;  // K, contiguous
+  int64_t out_channels, group_channels, kernel_w, taps, out_h, out_w, plane;
+  AxisTaps row_taps, col_taps;
+  int64_t row_ranges, col_ranges;
+
+  NormsProblem(const at::Tensor& weight, at::IntArrayRef input_hw, at::IntArrayRef output_hw,
+               at::IntArrayRef stride, at::IntArrayRef pad_before, at::IntArrayRef dilation)
+      : NormsProblem(weight.contiguous(), axis(input_hw, output_hw, weight, stride, pad_before, dilation, 0),
+                     axis(input_hw, output_hw, weight, stride, pad_before, dilation, 1)) {}
+
+ private:
+  NormsProblem(at::Tensor contiguous_kernel, const ConvAxis& rows, const ConvAxis& cols)
+      : kernel(std::move(contiguous_kernel)),
+        out_channels(kernel.size(0)),
+        group_channels(kernel.size(1)),
+        kernel_w(cols.kernel_size),
+        taps(rows.kernel_size * cols.kernel_size),
+        out_h(rows.output_size),
+        out_w(cols.output_size),
+        plane(rows.output_size * cols.output_size),
+        row_taps(rows),
+        col_taps(cols),
+        row_ranges(static_cast<int64_t>(row_taps.ranges.size())),
+        col_ranges(static_cast<int64_t>(col_taps.ranges.size())) {}
+
+ public:
+  // N (U,) in z's memory order, in the accumulation dtype.
+  at::Tensor unit_norms_sq(bool channels_last) const;
+  // dK (weight's shape and dtype) from dN (U,) in z's memory order.
+  at::Tensor unit_norms_sq_backward(const at::Tensor& grad_unit_norms_sq, bool channels_last) const;
+};
+
+at::Tensor NormsProblem::unit_norms_sq(bool channels_last) const {
   at::Tensor norms =
       at::empty({out_channels * plane}, kernel.options().dtype(at::toOpMathType(kernel.scalar_type())));
-  const AxisTaps row_taps(rows), col_taps(cols);
-  const int64_t row_ranges = static_cast<int64_t>(row_taps.ranges.size());
-  const int64_t col_ranges = static_cast<int64_t>(col_taps.ranges.size());
   const int64_t per_channel = plane + row_ranges * (out_w + col_ranges * taps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, kernel.scalar_type(), "unit_norms_sq", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -134,16 +157,8 @@ at::Tensor unit_norms_sq(const at::Tensor& weight, at::IntArrayRef input_hw, at:
   return norms;
 }
 
-// dK (weight's shape and dtype) from dN (U,) in z's memory order.
-at::Tensor unit_norms_sq_backward(const at::Tensor& grad_unit_norms_sq, const at::Tensor& weight,
-                                  at::IntArrayRef input_hw, at::IntArrayRef output_hw, at::IntArrayRef stride,
-                                  at::IntArrayRef pad_before, at::IntArrayRef dilation, bool channels_last) {
-  const ConvAxis rows = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 0);
-  const ConvAxis cols = axis(input_hw, output_hw, weight, stride, pad_before, dilation, 1);
-  const at::Tensor kernel = weight.contiguous();
-  const int64_t out_channels = kernel.size(0), group_channels = kernel.size(1);
-  const int64_t kernel_h = rows.kernel_size, kernel_w = cols.kernel_size, taps = kernel_h * kernel_w;
-  const int64_t out_h = rows.output_size, out_w = cols.output_size, plane = out_h * out_w;
+at::Tensor NormsProblem::unit_norms_sq_backward(const at::Tensor& grad_unit_norms_sq,
+                                                bool channels_last) const {
   const auto acc_type = at::toOpMathType(kernel.scalar_type());
   TORCH_CHECK_VALUE(grad_unit_norms_sq.dim() == 1 && grad_unit_norms_sq.size(0) == out_channels * plane,
                     "fastcae: grad_unit_norms_sq must have shape (", out_channels * plane, ",), got ",
@@ -152,9 +167,6 @@ at::Tensor unit_norms_sq_backward(const at::Tensor& grad_unit_norms_sq, const at
                    acc_type, ", got ", grad_unit_norms_sq.scalar_type());
   const at::Tensor grad_norms = grad_unit_norms_sq.contiguous();
   at::Tensor grad_weight = at::empty_like(kernel);
-  const AxisTaps row_taps(rows), col_taps(cols);
-  const int64_t row_ranges = static_cast<int64_t>(row_taps.ranges.size());
-  const int64_t col_ranges = static_cast<int64_t>(col_taps.ranges.size());
   const int64_t per_channel = plane + row_ranges * col_ranges * taps;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, kernel.scalar_type(), "unit_norms_sq_backward", [&] {
@@ -235,8 +247,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_activate_inplace_cpu(at::Tensor& preac
                                                                c10::string_view activation, bool channels_last) {
   check_conv_norms_args(weight, input_hw, stride, pad_before, dilation);
   check_conv_activate_inputs(preact, weight, channels_last);
-  const at::Tensor norms = unit_norms_sq(weight, input_hw, {preact.size(2), preact.size(3)}, stride, pad_before,
-                                         dilation, channels_last);
+  const NormsProblem problem(weight, input_hw, {preact.size(2), preact.size(3)}, stride, pad_before, dilation);
+  const at::Tensor norms = problem.unit_norms_sq(channels_last);
   at::Tensor flat_preact = units_view(preact, channels_last);
   at::Tensor penalty = activate_forward_inplace_cpu(flat_preact, norms, activation);
   // As ATen's in-place ops do (see activate_forward_inplace_cpu): a view made
@@ -263,8 +275,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_activate_backward_cpu(
   at::Tensor grad_preact, grad_weight;
   if (output_mask[0]) grad_preact = from_units(flat_grad_preact, code, channels_last);
   if (output_mask[1]) {
-    grad_weight = unit_norms_sq_backward(grad_norms, weight, input_hw, {code.size(2), code.size(3)}, stride,
-                                         pad_before, dilation, channels_last);
+    const NormsProblem problem(weight, input_hw, {code.size(2), code.size(3)}, stride, pad_before, dilation);
+    grad_weight = problem.unit_norms_sq_backward(grad_norms, channels_last);
   }
   return {grad_preact, grad_weight};
 }

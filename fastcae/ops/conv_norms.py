@@ -25,7 +25,6 @@ which is conv2d(1, K², same geometry) of one all-ones image. Two forms:
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -62,24 +61,7 @@ def pads_before(
     return padding
 
 
-def _geometry(
-    input_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int] | str,
-    dilation: tuple[int, int],
-) -> ConvGeometry:
-    pads = pads_before(padding, kernel_hw, dilation)
-    output_hw = tuple(
-        size if padding == "same" else (size + 2 * pad - dilate * (kernel - 1) - 1) // step + 1
-        for size, kernel, step, pad, dilate in zip(input_hw, kernel_hw, stride, pads, dilation, strict=True)
-    )
-    return ConvGeometry(tuple(input_hw), stride, pads, dilation, output_hw)
-
-
-_cached_geometry = functools.lru_cache(maxsize=256)(_geometry)
-
-
+@constant_tensors
 def conv_geometry(
     input_hw: tuple[int, int],
     kernel_hw: tuple[int, int],
@@ -89,11 +71,13 @@ def conv_geometry(
 ) -> ConvGeometry:
     """The geometry of F.conv2d(x, K, stride=stride, padding=padding, dilation=dilation)
     for x (…, H_in, W_in) and K (…, kH, kW), from validated pairs (padding: a pair, "same"
-    or "valid"). Made once per argument set (a few µs of every layer call otherwise),
-    uncached while torch.compile traces."""
-    if torch.compiler.is_compiling():
-        return _geometry(input_hw, kernel_hw, stride, padding, dilation)
-    return _cached_geometry(input_hw, kernel_hw, stride, padding, dilation)
+    or "valid"). Made once per argument set (a few µs of every layer call otherwise)."""
+    pads = pads_before(padding, kernel_hw, dilation)
+    output_hw = tuple(
+        size if padding == "same" else (size + 2 * pad - dilate * (kernel - 1) - 1) // step + 1
+        for size, kernel, step, pad, dilate in zip(input_hw, kernel_hw, stride, pads, dilation, strict=True)
+    )
+    return ConvGeometry(tuple(input_hw), stride, pads, dilation, output_hw)
 
 
 def _inside_taps(
