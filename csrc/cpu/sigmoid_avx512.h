@@ -56,9 +56,8 @@ FASTCAE_AVX512_INLINE __m512 exp_nonpositive(__m512 x) {
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 poly = _mm512_set1_ps(kPoly[0]);
-  for (int i = 1; i < kPolyTerms; ++i) poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(kPoly[i]));
-  const __m512 exp_r = _mm512_add_ps(_mm512_fmadd_ps(poly, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  __m512 exp_r = _mm512_set1_ps(kPoly[0]);
+  for (int i = 1; i < kPolyTerms; ++i) exp_r = _mm512_fmadd_ps(exp_r, r, _mm512_set1_ps(kPoly[i]));
   return _mm512_scalef_ps(exp_r, n);  // exp_r · 2^n, rounded once
 }
 
