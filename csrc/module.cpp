@@ -1,5 +1,6 @@
 // The Python module fastcae._C. Importing it registers the ops (torch.ops.fastcae.*,
-// csrc/<op>.cpp); the module itself only reports how it was built.
+// csrc/<op>.cpp); the module itself reports how it was built, and holds the
+// convolutional layer's no-autograd CPU call (fastcae/conv_layer.h).
 #include <torch/extension.h>
 
 #include <string>
@@ -7,6 +8,7 @@
 
 #include "cpu/sigmoid_avx512.h"
 #include "fastcae/cae_math.h"
+#include "fastcae/conv_layer.h"
 
 // setup.py passes the arch list as bare tokens (e.g. 8.0,9.0); this quotes them.
 #define FASTCAE_STRINGIFY_(...) #__VA_ARGS__
@@ -63,4 +65,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for ('' without CUDA).");
   m.def("cpu_kernel_isa", &cpu_kernel_isa, "Instruction set of the CPU kernels selected at load time.");
   m.def("activations", &activations, "(name, id) of every activation of the C++ kernels.");
+  m.def("conv2d_encode_no_grad", &fastcae::conv2d_encode_no_grad,
+        "fastcae.encode_conv2d's eager CPU call without autograd: (h, p), or None for the Python path.");
 }

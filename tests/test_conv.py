@@ -575,3 +575,99 @@ def test_a_geometry_first_seen_in_inference_mode_still_trains():
         fastcae.penalty_conv2d(x, weight.detach(), stride=(2, 1), padding=(1, 2), backend="torch")
     fastcae.penalty_conv2d(x, weight, stride=(2, 1), padding=(1, 2), backend="torch").backward()
     assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+# fastcae._C.conv2d_encode_no_grad: the whole layer in one C++ call where nothing
+# needs autograd (csrc/include/fastcae/conv_layer.h); None hands the call to the Python path.
+
+
+def _no_grad_call():
+    from fastcae.ops import loading
+
+    return loading.extension().conv2d_encode_no_grad
+
+
+def _python_path(*args, **kwargs):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastcae.conv, "_no_grad_cpu_call", lambda backend: None)
+        return fastcae.encode_conv2d(*args, **kwargs)
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("seed", range(24))
+def test_no_grad_cpu_call_is_the_python_path_to_the_bit(seed, dtype):
+    geometry = random_geometry(900 + seed)
+    x, weight, bias = make_conv_inputs(geometry, dtype=dtype, seed=seed)
+    if seed % 3 == 1:
+        x = x.to(memory_format=torch.channels_last)
+    activation = ACTIVATION_NAMES[seed % len(ACTIVATION_NAMES)]
+    conv = geometry["conv"]
+    with torch.no_grad():
+        encoded = _no_grad_call()(x, weight, bias, *conv.values(), activation)
+        assert encoded is not None  # the call is one it serves
+        code, penalty = fastcae.encode_conv2d(x, weight, bias, activation=activation, **conv)
+        want_code, want_penalty = _python_path(x, weight, bias, activation=activation, **conv)
+    for got in (encoded, (code, penalty)):
+        assert torch.equal(got[0], want_code) and got[0].stride() == want_code.stride()
+        assert torch.equal(got[1], want_penalty) and got[1].dtype == want_penalty.dtype
+    # Without grad mode, tensors that require grad are served too; with it, they are not.
+    weight.requires_grad_()
+    assert _no_grad_call()(x, weight, bias, *conv.values(), activation) is None
+    with torch.no_grad():
+        assert torch.equal(_no_grad_call()(x, weight, bias, *conv.values(), activation)[1], want_penalty)
+
+
+class _Logged(torch.Tensor):
+    """A subclass with its own __torch_function__ (it must see F.conv2d)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@needs_extension
+def test_no_grad_cpu_call_declines_what_the_python_path_must_handle():
+    args = {"x": torch.rand(2, 2, 5, 5), "weight": torch.rand(4, 2, 3, 3), "bias": torch.rand(4)}
+    geometry = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "activation": "sigmoid"}  # as BAD_INPUTS
+    call = _no_grad_call()
+
+    def served(**override) -> bool:
+        merged = {**args, **geometry, **override}
+        return call(*(merged[k] for k in ("x", "weight", "bias", "stride", "padding", "dilation", "groups",
+                                          "activation"))) is not None  # fmt: skip
+
+    assert served() and served(bias=None) and served(padding="same") and served(stride=[2, 1])
+    assert served(weight=torch.nn.Parameter(args["weight"], requires_grad=False))
+    # Everything check_conv2d_args rejects (the Python path raises, naming the argument).
+    for override, _, _ in BAD_INPUTS:
+        if "backend" not in override:
+            assert not served(**override), override
+    for override in (
+        {"stride": True}, {"stride": 2.0}, {"padding": (1,)}, {"dilation": [1, 0]}, {"groups": True},
+        {"activation": b"sigmoid"}, {"x": torch.rand(2, 2, 0, 5)}, {"x": torch.rand(2, 2, 5, 5).tolist()},
+        {"bias": torch.rand(4, dtype=torch.float64)}, {"weight": torch.rand(4, 2, 3, 3, device="meta")},
+        {"x": torch.rand(2, 2, 5, 5, dtype=torch.float64), "weight": torch.rand(4, 2, 3, 3, dtype=torch.float64)}
+        | {"bias": torch.rand(4, dtype=torch.float64, requires_grad=True)},
+        {"x": torch.rand(2, 2, 5, 5).as_subclass(_Logged)},
+    ):  # fmt: skip
+        assert not served(**override), override
+    # What surrounds the call: autocast, a torch.func transform, Python modes.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not served()
+    seen = []
+    torch.func.vmap(lambda x: seen.append(served(x=x[None])) or x)(args["x"])
+    assert seen == [False]
+    with torch.overrides.TorchFunctionMode():
+        assert not served()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        assert not served()
+    # And the Python side: backends other than "cpu" / "auto", torch.compile, forward AD.
+    assert fastcae.conv._no_grad_cpu_call("cpu") is call and fastcae.conv._no_grad_cpu_call("auto") is call
+    assert fastcae.conv._no_grad_cpu_call("torch") is None and fastcae.conv._no_grad_cpu_call("naive") is None
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        assert fastcae.conv._no_grad_cpu_call("cpu") is None
