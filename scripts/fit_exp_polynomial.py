@@ -34,7 +34,9 @@ def fit(degree: int, nodes: int = 4000, iterations: int = 60) -> tuple[np.ndarra
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--degree", type=int, default=4, help="degree of P (exp's is two more)")
     args = parser.parse_args()
     coeffs, error = fit(args.degree)
