@@ -1,6 +1,6 @@
 // The Python module fastcae._C. Importing it registers the ops (torch.ops.fastcae.*,
 // csrc/<op>.cpp); the module itself reports how it was built, and holds the
-// convolutional layer's no-autograd CPU call (fastcae/conv_layer.h).
+// convolutional layer's CPU epilogue node and plain call (fastcae/conv_layer.h).
 #include <torch/extension.h>
 
 #include <string>
@@ -65,6 +65,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for ('' without CUDA).");
   m.def("cpu_kernel_isa", &cpu_kernel_isa, "Instruction set of the CPU kernels selected at load time.");
   m.def("activations", &activations, "(name, id) of every activation of the C++ kernels.");
-  m.def("conv2d_encode_no_grad", &fastcae::conv2d_encode_no_grad,
-        "fastcae.encode_conv2d's eager CPU call without autograd: (h, p), or None for the Python path.");
+  m.def("conv2d_epilogue_in_place", &fastcae::conv2d_epilogue_in_place,
+        "The conv layer's CPU epilogue on its output z: (h over z, p) under one autograd node.");
+  m.def("conv2d_encode_cpu", &fastcae::conv2d_encode_cpu,
+        "fastcae.encode_conv2d's plain CPU call: (h, p), or None for the Python path.");
 }

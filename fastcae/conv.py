@@ -63,8 +63,8 @@ def _encode_conv2d_naive(
     return code, penalty
 
 
-def _no_grad_cpu_call(backend: object):
-    """The C++ call of the whole layer (fastcae._C.conv2d_encode_no_grad,
+def _cpu_call(backend: object):
+    """The C++ call of the whole layer (fastcae._C.conv2d_encode_cpu,
     csrc/include/fastcae/conv_layer.h) where this call could be one it serves, else
     None: not traced by torch.compile, no forward-mode AD, and the backend "cpu" or
     "auto" choosing it. The C++ side checks the rest, or declines."""
@@ -73,7 +73,7 @@ def _no_grad_cpu_call(backend: object):
     if backend != "cpu" and (backend != "auto" or AUTO_PREFERENCE.get("cpu", ())[:1] != ("cpu",)):
         return None
     extension = loading.extension()
-    return None if extension is None else extension.conv2d_encode_no_grad
+    return None if extension is None else extension.conv2d_encode_cpu
 
 
 def encode_conv2d(
@@ -123,11 +123,11 @@ def encode_conv2d(
             kernel larger than the padded input, padding "same" with a stride,
             unknown activation or backend.
     """
-    # Where nothing needs autograd on the CPU, one C++ call does what follows:
-    # this Python costs ~8% of an image layer's forward (csrc/include/fastcae/conv_layer.h).
-    no_grad_cpu_call = _no_grad_cpu_call(backend)
-    if no_grad_cpu_call is not None:
-        encoded = no_grad_cpu_call(x, weight, bias, stride, padding, dilation, groups, activation)
+    # A plain call on the CPU runs what follows in one C++ call: this Python costs ~8%
+    # of an image layer's forward (csrc/include/fastcae/conv_layer.h).
+    cpu_call = _cpu_call(backend)
+    if cpu_call is not None:
+        encoded = cpu_call(x, weight, bias, stride, padding, dilation, groups, activation)
         if encoded is not None:
             return EncoderOutput(*encoded)
     geometry = check_conv2d_args(x, weight, bias, stride, padding, dilation, groups, activation)

@@ -270,6 +270,7 @@ def test_cpu_epilogue_over_the_convolution_output_matches_a_new_buffer(channels_
     for in_place in (True, False):
         with pytest.MonkeyPatch.context() as patch:
             if not in_place:
+                patch.setattr(fastcae.conv, "_cpu_call", lambda backend: None)
                 patch.setattr(activate, "writes_in_place", lambda *args: False)
             code, penalty = fastcae.encode_conv2d(x, weight, bias, activation="tanh", backend="cpu", **conv)
             grads = torch.autograd.grad((code.sin().sum() + penalty.sum()), (weight, bias))
@@ -577,45 +578,71 @@ def test_a_geometry_first_seen_in_inference_mode_still_trains():
     assert weight.grad is not None and torch.isfinite(weight.grad).all()
 
 
-# fastcae._C.conv2d_encode_no_grad: the whole layer in one C++ call where nothing
-# needs autograd (csrc/include/fastcae/conv_layer.h); None hands the call to the Python path.
+# fastcae._C.conv2d_encode_cpu: a plain CPU call of the whole layer from C++
+# (csrc/include/fastcae/conv_layer.h); None hands the call to the Python path.
 
 
-def _no_grad_call():
+def _cpu_call():
     from fastcae.ops import loading
 
-    return loading.extension().conv2d_encode_no_grad
+    return loading.extension().conv2d_encode_cpu
 
 
 def _python_path(*args, **kwargs):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fastcae.conv, "_no_grad_cpu_call", lambda backend: None)
+        patch.setattr(fastcae.conv, "_cpu_call", lambda backend: None)
         return fastcae.encode_conv2d(*args, **kwargs)
 
 
 @needs_extension
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("seed", range(24))
-def test_no_grad_cpu_call_is_the_python_path_to_the_bit(seed, dtype):
+def test_cpu_call_is_the_python_path_to_the_bit(seed, dtype):
+    """Values and gradients, with and without autograd, over random layers."""
     geometry = random_geometry(900 + seed)
-    x, weight, bias = make_conv_inputs(geometry, dtype=dtype, seed=seed)
+    x, weight, bias = make_conv_inputs(geometry, dtype=dtype, seed=seed, requires_grad=True)
     if seed % 3 == 1:
-        x = x.to(memory_format=torch.channels_last)
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    inputs = [t for t in (x, weight, bias) if t is not None]
     activation = ACTIVATION_NAMES[seed % len(ACTIVATION_NAMES)]
     conv = geometry["conv"]
-    with torch.no_grad():
-        encoded = _no_grad_call()(x, weight, bias, *conv.values(), activation)
-        assert encoded is not None  # the call is one it serves
-        code, penalty = fastcae.encode_conv2d(x, weight, bias, activation=activation, **conv)
-        want_code, want_penalty = _python_path(x, weight, bias, activation=activation, **conv)
-    for got in (encoded, (code, penalty)):
-        assert torch.equal(got[0], want_code) and got[0].stride() == want_code.stride()
-        assert torch.equal(got[1], want_penalty) and got[1].dtype == want_penalty.dtype
-    # Without grad mode, tensors that require grad are served too; with it, they are not.
-    weight.requires_grad_()
-    assert _no_grad_call()(x, weight, bias, *conv.values(), activation) is None
-    with torch.no_grad():
-        assert torch.equal(_no_grad_call()(x, weight, bias, *conv.values(), activation)[1], want_penalty)
+    assert _cpu_call()(x, weight, bias, *conv.values(), activation) is not None  # a call it serves
+    outputs = {}
+    for path, encode in (("c++", fastcae.encode_conv2d), ("python", _python_path)):
+        code, penalty = encode(x, weight, bias, activation=activation, **conv)
+        gen = torch.Generator().manual_seed(seed)
+        grad_code = torch.randn(code.shape, generator=gen, dtype=torch.float64).to(code.dtype)
+        grad_penalty = torch.randn(penalty.shape, generator=gen, dtype=torch.float64).to(penalty.dtype)
+        grads = torch.autograd.grad((code * grad_code).sum() + (penalty * grad_penalty).sum(), inputs)
+        with torch.no_grad():
+            outputs[path] = (code, penalty, *grads, *encode(x, weight, bias, activation=activation, **conv))
+    for got, want in zip(outputs["c++"], outputs["python"], strict=True):
+        assert torch.equal(got, want) and got.stride() == want.stride() and got.dtype == want.dtype
+
+
+@needs_extension
+def test_cpu_epilogue_node_double_backward_and_hooks():
+    """The C++ autograd node of the epilogue: a differentiable backward where
+    create_graph asks for one (gradgradcheck), saved-tensor hooks, and an in-place
+    change to h after the call caught by autograd."""
+    x, weight, bias = make_conv_inputs(TINY, seed=3, requires_grad=True)
+    conv = TINY["conv"]
+
+    def layer(x, weight, bias):
+        code, penalty = fastcae.encode_conv2d(x, weight, bias, activation="tanh", backend="cpu", **conv)
+        return code.sin(), penalty
+
+    assert "Conv2dEpilogue" in layer(x, weight, bias)[1].grad_fn.name()
+    assert torch.autograd.gradgradcheck(layer, (x, weight, bias))
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        code, penalty = fastcae.encode_conv2d(x, weight, bias, backend="cpu", **conv)
+    assert any(t.data_ptr() == code.data_ptr() and t.shape == code.shape for t in packed)  # h, saved
+    (code.sum() + penalty.sum()).backward()
+    code, penalty = fastcae.encode_conv2d(x, weight, bias, backend="cpu", **conv)
+    code.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (code.sum() + penalty.sum()).backward()
 
 
 class _Logged(torch.Tensor):
@@ -627,11 +654,11 @@ class _Logged(torch.Tensor):
 
 
 @needs_extension
-def test_no_grad_cpu_call_declines_what_the_python_path_must_handle():
+def test_cpu_call_declines_what_the_python_path_must_handle():
     args = {"x": torch.rand(2, 2, 5, 5), "weight": torch.rand(4, 2, 3, 3), "bias": torch.rand(4)}
     # The geometry of test_bad_input_names_the_argument, which BAD_INPUTS modify.
     geometry = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "activation": "sigmoid"}
-    call = _no_grad_call()
+    call = _cpu_call()
 
     def served(**override) -> bool:
         merged = {**args, **geometry, **override}
@@ -639,7 +666,7 @@ def test_no_grad_cpu_call_declines_what_the_python_path_must_handle():
                                           "activation"))) is not None  # fmt: skip
 
     assert served() and served(bias=None) and served(padding="same") and served(stride=[2, 1])
-    assert served(weight=torch.nn.Parameter(args["weight"], requires_grad=False))
+    assert served(weight=torch.nn.Parameter(args["weight"])) and served(bias=args["bias"].requires_grad_())
     # Everything check_conv2d_args rejects (the Python path raises, naming the argument).
     for override, _, _ in BAD_INPUTS:
         if "backend" not in override:
@@ -648,7 +675,6 @@ def test_no_grad_cpu_call_declines_what_the_python_path_must_handle():
         {"stride": True}, {"stride": 2.0}, {"padding": (1,)}, {"dilation": [1, 0]}, {"groups": True},
         {"activation": b"sigmoid"}, {"x": torch.rand(2, 2, 0, 5)}, {"x": torch.rand(2, 2, 5, 5).tolist()},
         {"bias": torch.rand(4, dtype=torch.float64)}, {"weight": torch.rand(4, 2, 3, 3, device="meta")},
-        {"bias": torch.rand(4, requires_grad=True)},
         {"x": torch.rand(2, 2, 5, 5).as_subclass(_Logged)},
     ):  # fmt: skip
         assert not served(**override), override
@@ -665,9 +691,9 @@ def test_no_grad_cpu_call_declines_what_the_python_path_must_handle():
     with FakeTensorMode():
         assert not served()
     # And the Python side: backends other than "cpu" / "auto", torch.compile, forward AD.
-    assert fastcae.conv._no_grad_cpu_call("cpu") is call and fastcae.conv._no_grad_cpu_call("auto") is call
-    assert fastcae.conv._no_grad_cpu_call("torch") is None and fastcae.conv._no_grad_cpu_call("naive") is None
+    assert fastcae.conv._cpu_call("cpu") is call and fastcae.conv._cpu_call("auto") is call
+    assert fastcae.conv._cpu_call("torch") is None and fastcae.conv._cpu_call("naive") is None
     import torch.autograd.forward_ad as fwAD
 
     with fwAD.dual_level():
-        assert fastcae.conv._no_grad_cpu_call("cpu") is None
+        assert fastcae.conv._cpu_call("cpu") is None

@@ -17,10 +17,10 @@ which is conv2d(1, K², same geometry) of one all-ones image. Two forms:
 - C++ (CPU: csrc/cpu/conv_norms_cpu.cpp), inside the kernel ops
   ``fastcae::conv2d_activate_`` (N, then the activate op's in-place forward on
   the layer's own output z) and ``conv2d_activate_backward`` (dz, then dK
-  through N), which :func:`conv2d_epilogue_in_place` runs under one
-  autograd.Function. In a CPU training step every small ATen op and autograd
-  node costs several microseconds; N's five ops and their backward measured
-  ~0.05 of a first-layer conv autoencoder step.
+  through N), which :func:`conv2d_epilogue_in_place` runs under one C++
+  autograd node (csrc/conv_layer.cpp). In a CPU training step every small ATen
+  op, autograd node and line of Python costs several microseconds; N's five
+  ops and their backward measured ~0.05 of a first-layer conv autoencoder step.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from .._constants import constant_tensors
 from .._precision import acc_dtype
 from . import loading
 from .activate import from_units, units_view
-from .fused import graph_needed, no_autograd
 from .reference import activate_backward_closed_form
 
 
@@ -166,74 +165,33 @@ if loading.extension() is not None:
         return grad_preact, grad_weight
 
 
-def _forward_kernel(
-    preact: Tensor, weight: Tensor, geometry: ConvGeometry, activation: str, channels_last: bool
-) -> tuple[Tensor, Tensor]:
-    """(p, N) with h written over z: the kernel op ``fastcae::conv2d_activate_``."""
-    return torch.ops.fastcae.conv2d_activate_.default(
-        preact, weight, *geometry[:4], activation, channels_last
-    )
-
-
-class Conv2dEpilogueInPlace(torch.autograd.Function):
-    """(z (B, C, H, W), K, geometry, activation, channels_last) -> (h, p) with h written over
-    z, which the caller owns, and N made from K inside: the kernel ops
-    ``fastcae::conv2d_activate_`` / ``conv2d_activate_backward`` (csrc/cpu/conv_norms_cpu.cpp,
-    which run the activate op's kernels; a fresh output of a few MiB page-faults on
-    every call, csrc/include/fastcae/activate.h). Eager calls only.
-
-    Backward: dz and dK = 2 K ⊙ dS (through N) from one kernel op; where a graph
-    of the gradient is needed, the closed form with N in ATen ops, differentiated
-    by autograd.
-    """
-
-    @staticmethod
-    def forward(
-        ctx, preact: Tensor, weight: Tensor, geometry: ConvGeometry, activation: str, channels_last: bool
-    ):
-        penalty, unit_norms_sq = _forward_kernel(preact, weight, geometry, activation, channels_last)
-        ctx.mark_dirty(preact)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(preact, unit_norms_sq, weight)
-        ctx.geometry, ctx.activation, ctx.channels_last = geometry, activation, channels_last
-        return preact, penalty
-
-    @staticmethod
-    def backward(ctx, grad_code: Tensor | None, grad_penalty: Tensor | None):
-        code, unit_norms_sq, weight = ctx.saved_tensors
-        # Without a penalty gradient, N (and so K through it) receives none.
-        need_preact = ctx.needs_input_grad[0]
-        need_weight = ctx.needs_input_grad[1] and grad_penalty is not None
-        if (grad_code is None and grad_penalty is None) or not (need_preact or need_weight):
-            return None, None, None, None, None
-        if graph_needed(grad_code, grad_penalty, code, weight):
-            grads = _differentiable_grads(
-                ctx, grad_code, grad_penalty, code, weight, (need_preact, need_weight)
-            )
-        else:
-            grads = torch.ops.fastcae.conv2d_activate_backward.default(
-                grad_code, grad_penalty, code, unit_norms_sq, weight, *ctx.geometry[:4], ctx.activation,
-                ctx.channels_last, [need_preact, need_weight],
-            )  # fmt: skip
-        return *grads, None, None, None
-
-
-def _differentiable_grads(
-    ctx, grad_code, grad_penalty, code, weight, mask
+def differentiable_epilogue_grads(
+    grad_code: Tensor | None,
+    grad_penalty: Tensor | None,
+    code: Tensor,
+    weight: Tensor,
+    geometry: list[int],
+    activation: str,
+    channels_last: bool,
+    mask: tuple[bool, bool],
 ) -> tuple[Tensor | None, Tensor | None]:
-    """(dz, dK) in differentiable ops: the activate op's closed-form backward with N in ATen ops."""
-    layout = ctx.channels_last
-    flat_grad_code = None if grad_code is None else units_view(grad_code, layout)
+    """(dz, dK) of the layer's CPU epilogue in differentiable ops, for its C++ autograd
+    node (csrc/conv_layer.cpp) where the backward must itself be differentiable: the
+    activate op's closed-form backward with N in ATen ops, dK by autograd through N.
+    ``geometry``: the kernel ops' (input_hw, stride, pad_before, dilation), flat."""
+    pairs = [tuple(geometry[i : i + 2]) for i in range(0, 8, 2)]
+    conv = ConvGeometry(*pairs, output_hw=tuple(code.shape[2:]))
+    flat_grad_code = None if grad_code is None else units_view(grad_code, channels_last)
     with torch.enable_grad():
-        norms = flat_units(conv2d_unit_norms_sq(weight, ctx.geometry, channels_last=layout), layout)
+        norms = flat_units(conv2d_unit_norms_sq(weight, conv, channels_last=channels_last), channels_last)
         grad_preact, grad_norms = activate_backward_closed_form(
-            flat_grad_code, grad_penalty, units_view(code, layout), norms, ctx.activation, mask
+            flat_grad_code, grad_penalty, units_view(code, channels_last), norms, activation, mask
         )
         grad_weight = None
         if mask[1]:
             (grad_weight,) = torch.autograd.grad(norms, weight, grad_norms, create_graph=True)
     if grad_preact is not None:
-        grad_preact = from_units(grad_preact, code, layout)
+        grad_preact = from_units(grad_preact, code, channels_last)
     return grad_preact, grad_weight
 
 
@@ -242,7 +200,7 @@ def conv2d_epilogue_in_place(
 ) -> tuple[Tensor, Tensor]:
     """The "cpu" backend's epilogue of the convolutional layer on z = conv2d(x, K, ...)
     (see activate.writes_in_place): (h, the same tensor as z, and p (B,)), differentiable
-    with respect to z and K (through N); the kernel alone where nothing needs a gradient."""
-    if no_autograd(preact, weight):
-        return preact, _forward_kernel(preact, weight, geometry, activation, channels_last)[0]
-    return Conv2dEpilogueInPlace.apply(preact, weight, geometry, activation, channels_last)
+    with respect to z and K (through N), by the C++ autograd node over the kernel ops
+    (``fastcae._C.conv2d_epilogue_in_place``, csrc/include/fastcae/conv_layer.h). Eager calls only."""
+    epilogue = loading.extension().conv2d_epilogue_in_place
+    return epilogue(preact, weight, *geometry[:4], activation, channels_last)
