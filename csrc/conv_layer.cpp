@@ -7,8 +7,8 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
-#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #include <array>
@@ -19,7 +19,6 @@
 #include <vector>
 
 #include "fastcae/cae_math.h"
-#include "fastcae/conv_norms.h"
 
 namespace py = pybind11;
 
@@ -91,8 +90,6 @@ bool is_activation_name(py::handle obj) {
 #undef FASTCAE_IS_NAME
 }
 
-// What surrounds the call leaves it to this path: no torch.func transform, no
-// Python mode, no CPU autocast.
 // A torch.func transform is active (as torch._C._are_functorch_transforms_active reads it).
 bool functorch_active() {
   const c10::DispatchKeySet included = c10::impl::tls_local_dispatch_key_set().included_;
@@ -100,12 +97,12 @@ bool functorch_active() {
          included.has(c10::DispatchKey::FuncTorchDynamicLayerBackMode);
 }
 
+// What surrounds the call leaves it to this path: no torch.func transform, no
+// Python mode, no CPU autocast.
 bool plain_context() {
-  return !functorch_active() &&
-         at::impl::PythonTorchFunctionTLS::stack_len() == 0 && c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
-         !at::autocast::is_autocast_enabled(at::kCPU);
+  return !functorch_active() && at::impl::PythonTorchFunctionTLS::stack_len() == 0 &&
+         c10::impl::TorchDispatchModeTLS::stack_len() == 0 && !at::autocast::is_autocast_enabled(at::kCPU);
 }
-
 
 // The kernel ops through the dispatcher (so that Python modes and the profiler see them).
 std::tuple<at::Tensor, at::Tensor> activate_op(at::Tensor& preact, const at::Tensor& weight, const Geometry& g,
@@ -130,7 +127,9 @@ std::tuple<at::Tensor, at::Tensor> activate_backward_op(const at::Tensor& grad_c
               const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, const at::Tensor&,
               const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
               at::IntArrayRef, c10::string_view, bool, std::array<bool, 2>)>();
-  const auto optional = [](const at::Tensor& t) { return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt; };
+  const auto optional = [](const at::Tensor& t) {
+    return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+  };
   return op.call(optional(grad_code), optional(grad_penalty), code, norms, weight, g.input_hw, g.stride,
                  g.pad_before, g.dilation, activation, channels_last, mask);
 }
@@ -223,7 +222,8 @@ py::object conv2d_encode_cpu(py::handle x_obj, py::handle weight_obj, py::handle
 
   // check_conv2d_args's rules (fastcae/_validation.py).
   if (x->dim() != 4 || weight->dim() != 4) return other_path;
-  if (x->size(2) == 0 || x->size(3) == 0) return other_path;  // F.conv2d's own error, raised as the Python path raises it
+  // An empty image: F.conv2d's own error, raised as the Python path raises it.
+  if (x->size(2) == 0 || x->size(3) == 0) return other_path;
   const auto groups = int_at_least(groups_obj, 1);
   if (!groups) return other_path;
   const int64_t in_channels = x->size(1), out_channels = weight->size(0);
