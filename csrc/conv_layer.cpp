@@ -18,7 +18,7 @@
 #include <tuple>
 #include <vector>
 
-#include "fastcae/cae_math.h"
+#include "fastcae/dispatch.h"
 
 namespace py = pybind11;
 
@@ -73,21 +73,18 @@ std::optional<Pair> int_pair(py::handle obj, int64_t minimum) {
   return Pair{*first, *second};
 }
 
-// A Python str equal to `expected`.
-bool is_string(py::handle obj, const char* expected) {
-  if (!PyUnicode_Check(obj.ptr())) return false;
+// The UTF-8 text of a Python str, or null for anything else.
+const char* string_text(py::handle obj) {
+  if (!PyUnicode_Check(obj.ptr())) return nullptr;
   const char* text = PyUnicode_AsUTF8(obj.ptr());
-  if (text == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  return std::strcmp(text, expected) == 0;
+  if (text == nullptr) PyErr_Clear();
+  return text;
 }
 
-bool is_activation_name(py::handle obj) {
-#define FASTCAE_IS_NAME(name, id) is_string(obj, #name) ||
-  return FASTCAE_ACTIVATIONS(FASTCAE_IS_NAME) false;
-#undef FASTCAE_IS_NAME
+// A Python str equal to `expected`.
+bool is_string(py::handle obj, const char* expected) {
+  const char* text = string_text(obj);
+  return text != nullptr && std::strcmp(text, expected) == 0;
 }
 
 // A torch.func transform is active (as torch._C._are_functorch_transforms_active reads it).
@@ -233,7 +230,9 @@ py::object conv2d_encode_cpu(py::handle x_obj, py::handle weight_obj, py::handle
   if (bias && (bias->dim() != 1 || bias->size(0) != out_channels)) return other_path;
   const auto stride = int_pair(stride_obj, 1);
   const auto dilation = int_pair(dilation_obj, 1);
-  if (!stride || !dilation || !is_activation_name(activation_obj)) return other_path;
+  const char* activation_text = string_text(activation_obj);
+  if (!stride || !dilation || activation_text == nullptr || !find_activation(activation_text)) return other_path;
+  const std::string activation(activation_text);
   const bool same = is_string(padding_obj, "same");
   const bool valid = is_string(padding_obj, "valid");
   std::optional<Pair> padding;
@@ -253,7 +252,6 @@ py::object conv2d_encode_cpu(py::handle x_obj, py::handle weight_obj, py::handle
       if (extent > x->size(2 + axis) + 2 * pad_before[axis]) return other_path;
     }
   }
-  const auto activation = py::cast<std::string>(activation_obj);
 
   torch::autograd::variable_list outputs;
   {

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -13,12 +14,18 @@
 
 namespace fastcae {
 
-// "sigmoid", "tanh", ... (FASTCAE_ACTIVATIONS); anything else is a ValueError naming the argument.
-inline Activation parse_activation(c10::string_view name) {
-#define FASTCAE_PARSE_ACTIVATION(activation, id) \
+// The activation named "sigmoid", "tanh", ... (FASTCAE_ACTIVATIONS), or none.
+inline std::optional<Activation> find_activation(c10::string_view name) {
+#define FASTCAE_FIND_ACTIVATION(activation, id) \
   if (name == #activation) return Activation::activation;
-  FASTCAE_ACTIVATIONS(FASTCAE_PARSE_ACTIVATION)
-#undef FASTCAE_PARSE_ACTIVATION
+  FASTCAE_ACTIVATIONS(FASTCAE_FIND_ACTIVATION)
+#undef FASTCAE_FIND_ACTIVATION
+  return std::nullopt;
+}
+
+// find_activation's, where anything else is a ValueError naming the argument.
+inline Activation parse_activation(c10::string_view name) {
+  if (const auto activation = find_activation(name)) return *activation;
 #define FASTCAE_QUOTED_ACTIVATION(activation, id) " '" #activation "'"
   TORCH_CHECK_VALUE(false, "fastcae: activation must be one of" FASTCAE_ACTIVATIONS(FASTCAE_QUOTED_ACTIVATION),
                     ", got '", std::string(name), "'");
